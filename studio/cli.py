@@ -1,0 +1,230 @@
+"""Command-line interface: `studio inspect | prune | run | criteria`, and `studio --demo` for the GUI.
+
+Each command drives the same engine generators as the GUI and shows their events as
+progress bars. A `StudioError` is printed as one line and exits with status 2; a traceback
+appears only with --debug. Under `torchrun`, every rank runs the job (fine-tuning uses
+DistributedDataParallel) and only rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Optional, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_size(text: str) -> tuple:
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"input size must look like 3x32x32, got {text!r}")
+    return parts
+
+
+def _parse_layer_rate(text: str) -> tuple:
+    name, sep, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layer rate must look like NAME=0.3, got {text!r}") from None
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model spec: demo, cifar:resnet20, torchvision:resnet50, file.pt, file.py:Class[:weights.pth]")
+    p.add_argument("--arch", help="architecture for a state_dict file, e.g. cifar:resnet20")
+    p.add_argument("--num-classes", type=int, help="number of classes of the model's head")
+    p.add_argument("--input-size", type=_parse_size, help="input size CxHxW, e.g. 3x32x32")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a full pickled model (runs code from the file: only for files you trust)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="studio", description="Compression Studio: structured pruning of CNNs.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--demo", action="store_true", help="open the studio on the shipped demo model and data")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("inspect", help="print layers, params, MACs and prunable groups")
+    _model_args(p)
+    p.add_argument("--all-nodes", action="store_true", help="list functional ops too, not only modules")
+
+    p = sub.add_parser("prune", help="prune (and fine-tune) a model, export it and write a report")
+    _model_args(p)
+    p.add_argument("--criterion", default="l1", help="importance criterion (see `studio criteria`)")
+    p.add_argument("--rate", type=float, default=0.5, help="share of channels to remove, in [0, 1)")
+    p.add_argument("--layer-rate", type=_parse_layer_rate, action="append", default=[], metavar="NAME=RATE",
+                   help="per-layer rate (repeatable)")
+    p.add_argument("--protect", action="append", default=[], metavar="NAME", help="layer never pruned (repeatable)")
+    p.add_argument("--global-ranking", action="store_true", help="rank channels across layers instead of per layer")
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
+    p.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
+    p.add_argument("--sparsity", type=float, default=0.0, help="extra unstructured magnitude sparsity, in [0, 1)")
+    p.add_argument("--data", help="dataset folder/spec (needed for fine-tuning, accuracy and data-driven criteria)")
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--sparse-epochs", type=int, default=0, help="sparse training (L1 on BN scales) before pruning")
+    p.add_argument("--bn-l1", type=float, default=1e-5, help="L1 strength on BN scales during sparse training")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-steps", type=int, help="limit steps per epoch (smoke runs)")
+    p.add_argument("--eval-batches", type=int, help="limit evaluation batches (smoke runs)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (training)")
+    p.add_argument("--export", default="pt,checkpoint,torchscript,onnx", help="comma-separated export formats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-recipe", help="also write the recipe built from these flags to this file")
+    p.add_argument("--out", required=True, help="new run folder")
+
+    p = sub.add_parser("run", help="run a recipe file (works under torchrun for multi-GPU fine-tuning)")
+    p.add_argument("recipe")
+    p.add_argument("--out", required=True, help="new run folder")
+
+    sub.add_parser("criteria", help="list the pruning criteria")
+    return parser
+
+
+def _recipe_from_prune_args(args):
+    from studio.engine.pruning import PruningPlan
+    from studio.engine.recipe import DataSource, ModelSource, Recipe
+    from studio.engine.training import TrainConfig
+
+    plan = PruningPlan(criterion=args.criterion, rate=args.rate, layer_rates=dict(args.layer_rate),
+                       protected=list(args.protect), global_ranking=args.global_ranking, round_to=args.round_to,
+                       iterative_steps=args.steps, unstructured_sparsity=args.sparsity)
+    common = dict(lr=args.lr, device=args.device, max_steps_per_epoch=args.max_steps)
+    recipe = Recipe(
+        model=ModelSource(spec=args.model, arch=args.arch, num_classes=args.num_classes,
+                          input_size=list(args.input_size) if args.input_size else None, trust=args.trust),
+        data=DataSource(spec=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches),
+        plan=plan,
+        sparse_training=TrainConfig(epochs=args.sparse_epochs, bn_l1=args.bn_l1, **common),
+        finetune=TrainConfig(epochs=args.finetune_epochs, **common),
+        exports=[f.strip() for f in args.export.split(",") if f.strip()],
+        seed=args.seed,
+    )
+    recipe.validate()
+    return recipe
+
+
+def _run_job(recipe, out) -> int:
+    from studio.engine.events import run_to_end
+    from studio.engine.jobs import run_recipe
+    from studio.engine.training import cleanup_distributed, is_main_process
+    from studio.progress import TerminalProgress
+
+    show = TerminalProgress(enabled=is_main_process())
+    try:
+        result = run_to_end(run_recipe(recipe, out), show)
+    finally:
+        show.close()
+        cleanup_distributed()
+    if result.run_dir is not None:
+        m = result.metrics
+        b, a = m["before"], m["after"]
+        print(f"params {b['params']:,} → {a['params']:,}   MACs {b['macs']:,} → {a['macs']:,} "
+              f"({b['macs'] / max(a['macs'], 1):.2f}× fewer)")
+        if a.get("top1") is not None:
+            print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+        print(f"run folder: {result.run_dir}  (open report.html)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from studio.engine.graph import build_graph
+    from studio.engine.metrics import count_macs, count_params
+    from studio.engine.model_loading import load_model
+
+    loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
+                        input_size=args.input_size)
+    print(loaded.summary())
+    lg = build_graph(loaded.module, loaded.input_size, with_groups=loaded.prunable)
+    rows = [d for _, d in lg.graph.nodes(data=True)
+            if args.all_nodes or d.get("op") == "module"]
+    print(f"\n{'layer':40s} {'type':18s} {'output':16s} {'params':>10s} {'MACs':>13s}  group")
+    for d in rows:
+        shape = "x".join(str(s) for s in d.get("out_shape") or ())
+        group = "" if d.get("group") is None else str(d["group"])
+        mark = "*" if d.get("prunable") else " "
+        print(f"{d['name'][:40]:40s} {d['type'][:18]:18s} {shape:16s} {d.get('params', 0):>10,} "
+              f"{d.get('macs', 0):>13,} {mark}{group}")
+    print(f"\ntotal params {count_params(loaded.module):,}   MACs {count_macs(loaded.module, loaded.input_size):,}"
+          f"   graph: {lg.graph.number_of_nodes()} nodes, {lg.graph.number_of_edges()} edges ({lg.traced_with})")
+    if loaded.prunable:
+        print(f"{len(lg.prunable)} prunable layers in {len(lg.groups)} coupled groups (* = prunable):")
+        for i, members in enumerate(lg.groups):
+            print(f"  group {i}: {', '.join(members)}")
+    else:
+        print(f"not prunable: {loaded.why_not_prunable}")
+    for w in lg.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from studio.engine.recipe import save_recipe
+    recipe = _recipe_from_prune_args(args)
+    if args.save_recipe:
+        save_recipe(recipe, args.save_recipe)
+    return _run_job(recipe, args.out)
+
+
+def cmd_run(args) -> int:
+    from studio.engine.recipe import load_recipe
+    return _run_job(load_recipe(args.recipe), args.out)
+
+
+def cmd_criteria(args) -> int:
+    from studio.engine.criteria import CRITERIA
+    for c in CRITERIA.values():
+        needs = [n for n, flag in (("data", c.needs_data), ("gradients", c.needs_gradients)) if flag]
+        print(f"{c.name:10s} {c.description}  [{c.paper}]" + (f"  needs {', '.join(needs)}" if needs else ""))
+    return 0
+
+
+def cmd_gui(args) -> int:
+    try:
+        from studio.app import main as gui_main
+    except ImportError as exc:
+        # The desktop window is built on top of this engine; until it is present the demo
+        # runs headless so `make run` still shows the whole pipeline end to end.
+        print(f"The desktop window is not available ({exc}); running the demo job in the terminal instead.")
+        return _run_demo_headless()
+    return gui_main(demo=args.demo)
+
+
+def _run_demo_headless() -> int:
+    import tempfile
+    from studio.engine.recipe import DataSource, ModelSource, Recipe
+    from studio.engine.training import TrainConfig
+    out = tempfile.mkdtemp(prefix="studio-demo-")
+    recipe = Recipe(model=ModelSource(spec="cifar:resnet20"),
+                    data=DataSource(spec="synthetic:classes=10,size=3x32x32,train=512,val=256", batch_size=64),
+                    finetune=TrainConfig(epochs=1, lr=0.01))
+    return _run_job(recipe, out + "/run")
+
+
+COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "criteria": cmd_criteria}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from studio.engine.errors import StudioError
+    handler = COMMANDS.get(args.command, cmd_gui)
+    try:
+        return handler(args)
+    except StudioError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,213 @@
+"""The compression job: run a `Recipe` from start to finish and write its run folder.
+
+Phases: analyse → (sparse-train) → prune → (fine-tune) → measure → export → report.
+The job is a generator of events like every long engine operation, so the CLI, the GUI
+worker and torchrun all drive the same code. It works on copies: the loaded model is never
+changed, and the run folder is assembled in a hidden staging folder that is renamed into
+place only when everything succeeded, so a failed or cancelled job leaves nothing behind.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Generator, Optional
+
+import torch
+from torch import nn
+
+import studio
+from studio.engine.data import DataBundle, check_compatible, load_data, make_loader
+from studio.engine.errors import StudioError
+from studio.engine.events import CancelToken, Log, MetricsSnapshot, Phase
+from studio.engine.export import export_model
+from studio.engine.files import write_text
+from studio.engine.graph import find_tracing_hazards
+from studio.engine.metrics import measure
+from studio.engine.model_loading import LoadedModel, load_model
+from studio.engine.pruning import PruneResult, prune
+from studio.engine.recipe import Recipe
+from studio.engine.report import write_report
+from studio.engine.training import is_main_process, seed_everything, train
+
+
+@dataclass
+class RunResult:
+    """What a finished job hands back: where its folder is, its numbers and the slimmed model."""
+    run_dir: Optional[Path]          # None on non-main torchrun ranks, which write nothing
+    metrics: dict
+    model: nn.Module
+
+
+def prepare_run_folder(out_dir: Path) -> Path:
+    """Refuse to overwrite an earlier run; return the staging folder the job writes into."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise StudioError(f"The output folder {out_dir} already exists and is not empty.",
+                          "Choose a new folder; the studio never overwrites an earlier run.")
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)   # left by a crashed earlier attempt at this same folder
+    staging.mkdir(parents=True)
+    return staging
+
+
+def calibration_batches(bundle: DataBundle, batch_size: int, count: int, seed: int) -> list:
+    """The first ``count`` batches of a seeded shuffle: identical on every torchrun rank."""
+    source = bundle.train if bundle.train is not None else bundle.val
+    loader = make_loader(source, batch_size, shuffle=True, seed=seed)
+    batches = []
+    for x, y in loader:
+        batches.append((x, y))
+        if len(batches) >= count:
+            break
+    return batches
+
+
+def check_pruned_model(model: nn.Module, example: torch.Tensor, expected_shape, hazards: list) -> None:
+    """A pruned model that no longer runs is reported in plain words rather than exported."""
+    try:
+        with torch.inference_mode():
+            out = model.eval()(example)
+    except Exception as exc:  # any failure here means surgery broke the model
+        hint = (" The model uses operations that dependency tracing handles badly: " + "; ".join(hazards)) if hazards else ""
+        raise StudioError(f"The pruned model no longer runs ({type(exc).__name__}: {exc}).{hint}",
+                          "Protect the layers named above, or use a lower rate for them.") from exc
+    if tuple(out.shape) != tuple(expected_shape):
+        raise StudioError(f"Pruning changed the model's output shape from {tuple(expected_shape)} to {tuple(out.shape)}.",
+                          "Protect the classifier and the layers that feed it.")
+
+
+def _snapshot(label: str, values) -> MetricsSnapshot:
+    return MetricsSnapshot(label, values.to_dict())
+
+
+def run_recipe(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None,
+               loaded: Optional[LoadedModel] = None, bundle: Optional[DataBundle] = None
+               ) -> Generator[object, None, RunResult]:
+    """Run the whole job. ``loaded``/``bundle`` let the GUI pass what it already has open."""
+    started = time.perf_counter()
+    recipe.validate()
+    main = is_main_process()
+    out_dir = Path(out_dir)
+    staging = prepare_run_folder(out_dir) if main else None
+    try:
+        result = yield from _run(recipe, staging, token, loaded, bundle, started)
+        if main:
+            if out_dir.exists():
+                out_dir.rmdir()   # empty, checked by prepare_run_folder
+            os.replace(staging, out_dir)
+            yield Log(f"Run folder written: {out_dir}")
+            result.run_dir = out_dir
+        return result
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(recipe, staging, token, loaded, bundle, started):
+    main = staging is not None
+    seed_everything(recipe.seed)
+
+    yield Phase("analyse", "Loading the model and data")
+    if loaded is None:
+        m = recipe.model
+        loaded = load_model(m.spec, arch=m.arch, num_classes=m.num_classes, trust=m.trust,
+                            input_size=tuple(m.input_size) if m.input_size else None)
+    if not loaded.prunable:
+        raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
+    input_size = tuple(loaded.input_size)
+    if bundle is None and recipe.data.spec:
+        bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
+    if bundle is not None:
+        check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
+    yield Log(f"Model: {loaded.summary()}")
+    if bundle is not None:
+        yield Log(f"Data: {bundle.summary()}")
+
+    warnings = list(find_tracing_hazards(loaded.module, input_size))
+    for w in warnings:
+        yield Log(w, "warning")
+    if not loaded.trained:
+        warnings.append("The model has random weights (untrained): accuracy figures are meaningless.")
+
+    example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(recipe.seed))
+    with torch.inference_mode():
+        expected_shape = loaded.module.eval()(example).shape
+    calib = None
+    if bundle is not None:
+        calib = calibration_batches(bundle, recipe.data.batch_size, recipe.data.calibration_batches, recipe.seed)
+    eval_set = bundle.val if bundle is not None else None
+
+    def measured(model):
+        return measure(model, input_size, device=recipe.measure.device,
+                       batch_sizes=tuple(recipe.measure.batch_sizes), eval_set=eval_set,
+                       eval_batches=recipe.data.eval_batches, token=token)
+
+    before = pruned_metrics = after = None
+    if main:
+        before = yield from measured(loaded.module)
+        yield _snapshot("before", before)
+
+    work = copy.deepcopy(loaded.module)   # the loaded model is never touched
+    history: dict = {}
+    if recipe.sparse_training.epochs > 0:
+        cfg = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                      seed=recipe.seed)
+        trained = yield from train(work, bundle.train, eval_set, cfg, phase="sparse-train", token=token)
+        history["sparse-train"] = trained.history
+        work = work.cpu()
+
+    pruned: PruneResult = yield from prune(work, recipe.plan, example, calibration=calib, token=token)
+    model = pruned.model.cpu()
+    check_pruned_model(model, example, expected_shape, warnings)
+    if main:
+        pruned_metrics = yield from measured(model)
+        yield _snapshot("pruned", pruned_metrics)
+
+    if recipe.finetune.epochs > 0:
+        cfg = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                      seed=recipe.seed)
+        tuned = yield from train(model, bundle.train, eval_set, cfg, phase="fine-tune", token=token)
+        history["fine-tune"] = tuned.history
+        model = model.cpu().eval()
+
+    metrics = {}
+    if main:
+        after = pruned_metrics
+        if recipe.finetune.epochs > 0:
+            after = yield from measured(model)
+            yield _snapshot("after", after)
+        exports = yield from export_model(
+            model, staging, formats=tuple(recipe.exports), example_input=example, arch=loaded.arch,
+            num_classes=loaded.num_classes, input_size=input_size, pruning_history=pruned.history,
+            trained=loaded.trained, token=token)
+        yield Phase("report", "Writing the run folder")
+        metrics = {
+            "studio_version": studio.__version__,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "device": recipe.measure.device,
+            "model": {"spec": loaded.spec, "kind": loaded.kind, "arch": loaded.arch, "trained": loaded.trained,
+                      "weights_note": loaded.weights_note, "input_size": list(input_size),
+                      "num_classes": loaded.num_classes},
+            "data": None if bundle is None else {
+                "spec": bundle.spec, "summary": bundle.summary(), "num_classes": bundle.num_classes,
+                "train_samples": len(bundle.train) if bundle.train is not None else 0,
+                "val_samples": len(bundle.val)},
+            "plan": recipe.plan.to_dict(),
+            "before": before.to_dict(), "pruned": pruned_metrics.to_dict(), "after": after.to_dict(),
+            "layers": [vars(layer) for layer in pruned.layers],
+            "history": history,
+            "exports": [{**vars(e), "path": Path(e.path).name} for e in exports],
+            "warnings": warnings,
+        }
+        write_text(staging / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
+        write_text(staging / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_report(staging)
+    return RunResult(run_dir=None, metrics=metrics, model=model)

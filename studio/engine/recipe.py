@@ -1,0 +1,149 @@
+"""The JSON recipe that drives a job: model, data, pruning plan, training, measuring, exports.
+
+The GUI edits a `Recipe`, the CLI builds one from flags or reads it from a file, and the
+job runner (`studio.engine.jobs`) executes it. `to_dict`/`from_dict` round-trip exactly,
+and unknown or mistyped keys are reported by name instead of being ignored, because a
+typo in a recipe silently falling back to a default would waste a long run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from studio.engine.errors import StudioError
+from studio.engine.files import write_text
+from studio.engine.pruning import PruningPlan
+from studio.engine.training import TrainConfig
+
+RECIPE_VERSION = 1
+EXPORT_FORMATS = ("pt", "checkpoint", "torchscript", "onnx")
+
+
+def _check_keys(section: str, given: dict, cls) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise StudioError(f"Recipe section '{section}' has unknown keys: {', '.join(unknown)}.",
+                          f"Valid keys are: {', '.join(sorted(known))}.")
+
+
+@dataclass
+class ModelSource:
+    """Which model to load (see `studio.engine.model_loading.load_model`)."""
+    spec: str = "demo"
+    arch: Optional[str] = None
+    num_classes: Optional[int] = None
+    input_size: Optional[list] = None     # [C, H, W]; inferred when None
+    trust: bool = False                   # allow full pickles (runs code from the file)
+
+
+@dataclass
+class DataSource:
+    """Which data to use, and how much of it to feed each step."""
+    spec: Optional[str] = None            # None: prune without data (data-free criteria only)
+    batch_size: int = 128
+    workers: int = 0
+    calibration_batches: int = 4          # batches for data-driven criteria (taylor, hrank)
+    eval_batches: Optional[int] = None    # limit evaluation to this many batches (None: all)
+
+
+@dataclass
+class MeasureOptions:
+    """How to measure latency: device and batch sizes, median over timed runs after warm-up."""
+    device: str = "cpu"
+    batch_sizes: list = field(default_factory=lambda: [1])
+    runs: int = 20
+
+
+@dataclass
+class Recipe:
+    """A whole compression job."""
+    model: ModelSource = field(default_factory=ModelSource)
+    data: DataSource = field(default_factory=DataSource)
+    plan: PruningPlan = field(default_factory=PruningPlan)
+    sparse_training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0, bn_l1=1e-5))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0))
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    exports: list = field(default_factory=lambda: list(EXPORT_FORMATS))
+    seed: int = 0
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "seed": self.seed,
+            "model": asdict(self.model),
+            "data": asdict(self.data),
+            "plan": self.plan.to_dict(),
+            "sparse_training": self.sparse_training.to_dict(),
+            "finetune": self.finetune.to_dict(),
+            "measure": asdict(self.measure),
+            "exports": list(self.exports),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        if not isinstance(d, dict):
+            raise StudioError("A recipe must be a JSON object.", "See docs/RECIPES.md for the format.")
+        _check_keys("top level", d, cls)
+        version = d.get("version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise StudioError(f"Recipe version {version} is not supported (this studio reads version {RECIPE_VERSION}).",
+                              "Re-save the recipe with this version of the studio.")
+        sections = {}
+        for name, section_cls in (("model", ModelSource), ("data", DataSource), ("measure", MeasureOptions)):
+            given = d.get(name) or {}
+            if not isinstance(given, dict):
+                raise StudioError(f"Recipe section '{name}' must be an object.", "See docs/RECIPES.md.")
+            _check_keys(name, given, section_cls)
+            sections[name] = section_cls(**given)
+        recipe = cls(
+            model=sections["model"], data=sections["data"], measure=sections["measure"],
+            plan=PruningPlan.from_dict(d.get("plan") or {}),
+            sparse_training=TrainConfig.from_dict({"epochs": 0, "bn_l1": 1e-5, **(d.get("sparse_training") or {})}),
+            finetune=TrainConfig.from_dict({"epochs": 0, **(d.get("finetune") or {})}),
+            exports=list(d.get("exports", EXPORT_FORMATS)),
+            seed=int(d.get("seed", 0)),
+        )
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        """Check what can be checked without loading the model (plan vs. layers is checked at run time)."""
+        bad = [f for f in self.exports if f not in EXPORT_FORMATS]
+        if bad:
+            raise StudioError(f"Unknown export format(s): {', '.join(bad)}.",
+                              f"Choose from: {', '.join(EXPORT_FORMATS)}.")
+        needs_data = self.sparse_training.epochs > 0 or self.finetune.epochs > 0
+        if needs_data and not self.data.spec:
+            raise StudioError("The recipe asks for training but names no data.",
+                              "Set data.spec to a dataset folder, or set the training epochs to 0.")
+        if self.data.batch_size < 1 or self.data.calibration_batches < 1:
+            raise StudioError("data.batch_size and data.calibration_batches must be at least 1.",
+                              "Fix the numbers in the recipe.")
+        if not self.measure.batch_sizes or any(int(b) < 1 for b in self.measure.batch_sizes):
+            raise StudioError("measure.batch_sizes must list positive batch sizes.", "For example [1, 32].")
+        self.sparse_training.validate()
+        self.finetune.validate()
+
+
+def load_recipe(path) -> Recipe:
+    """Read a recipe file, with clear messages for a missing file or broken JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudioError(f"Recipe file not found: {path}.", "Check the path.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"Recipe {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).",
+                          "Fix the JSON syntax and run again.") from exc
+    except UnicodeDecodeError as exc:
+        raise StudioError(f"Recipe {path} is not a text file.", "Pass a .json recipe.") from exc
+    return Recipe.from_dict(data)
+
+
+def save_recipe(recipe: Recipe, path) -> Path:
+    """Write a recipe atomically as pretty JSON."""
+    return write_text(path, json.dumps(recipe.to_dict(), indent=2) + "\n")

@@ -1,0 +1,105 @@
+"""The CLI end to end on a synthetic ImageFolder, its error lines, and torchrun with gloo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_imagefolder(root: Path, classes=10, train=6, val=3, size=32) -> Path:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((size, size, 3)) * 60 + c * 19).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def studio_cmd(*args, cwd=None, env_extra=None, module_runner=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    cmd = (module_runner or [sys.executable, "-m", "studio"]) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=600)
+
+
+def test_prune_end_to_end_on_an_imagefolder(tmp_path, capsys):
+    data = make_imagefolder(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["prune", "cifar:resnet20", "--criterion", "taylor", "--rate", "0.4",
+                 "--layer-rate", "layer1.0.conv1=0.25", "--protect", "conv1",
+                 "--data", str(data), "--finetune-epochs", "1", "--max-steps", "2", "--batch-size", "16",
+                 "--export", "pt,torchscript", "--save-recipe", str(tmp_path / "r.json"), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "fewer" in printed and str(out) in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    layers = {row["name"]: row for row in metrics["layers"]}
+    assert layers["conv1"]["channels_after"] == layers["conv1"]["channels_before"]
+    assert metrics["after"]["macs"] < metrics["before"]["macs"]
+    assert {"model.pt", "model.torchscript.pt"} <= {p.name for p in out.iterdir()} or \
+        len([p for p in out.iterdir() if p.suffix == ".pt"]) == 2
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["plan"]["criterion"] == "taylor"
+
+
+def test_inspect_prints_layers_and_groups(capsys):
+    assert main(["inspect", "cifar:resnet20"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "Conv2d" in out and "coupled groups" in out
+
+
+def test_criteria_lists_the_registry(capsys):
+    assert main(["criteria"]) == 0
+    out = capsys.readouterr().out
+    for name in ("l1", "l2", "bn_scale", "slg", "taylor", "fpgm", "hrank", "lamp", "random"):
+        assert name in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["inspect", "no/such/model.pt"], "not found"),
+    (["prune", "cifar:resnet20", "--rate", "1.5", "--out", "OUT"], "rate"),
+    (["prune", "cifar:resnet20", "--criterion", "magic", "--out", "OUT"], "magic"),
+    (["run", "missing-recipe.json", "--out", "OUT"], "not found"),
+])
+def test_errors_are_one_line_without_traceback(tmp_path, args, words):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    proc = studio_cmd(*args)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("error:") and words in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    proc = studio_cmd("--debug", "inspect", str(tmp_path / "nope.pt"))
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_run_under_torchrun_with_two_gloo_processes(tmp_path):
+    data = make_imagefolder(tmp_path / "data", train=8, val=2)
+    recipe = {"model": {"spec": "cifar:resnet20"},
+              "data": {"spec": str(data), "batch_size": 8, "calibration_batches": 1},
+              "plan": {"criterion": "l1", "rate": 0.3},
+              "finetune": {"epochs": 1, "lr": 0.01, "max_steps_per_epoch": 3, "device": "cpu"},
+              "exports": ["checkpoint"]}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    out = tmp_path / "run"
+    proc = studio_cmd("run", str(tmp_path / "r.json"), "--out", str(out),
+                      module_runner=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                     "--master_port=29517", "-m", "studio"],
+                      env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]["fine-tune"]) == 1
+    assert metrics["after"]["params"] < metrics["before"]["params"]
