@@ -324,7 +324,7 @@ class CifarDenseNet(nn.Module):
     def __init__(self, depth: int = 40, growth: int = 12, num_classes: int = 10):
         super().__init__()
         n = (depth - 4) // 3
-        channels = 2 * growth if False else 16  # the paper's non-bottleneck nets start at 16
+        channels = 16  # the paper's non-bottleneck DenseNets start with 16 channels
         self.conv1 = nn.Conv2d(3, channels, 3, 1, 1, bias=False)
         blocks: list[nn.Module] = []
         for b in range(3):

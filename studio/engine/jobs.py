@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import studio
+from studio.engine.criteria import get_criterion
 from studio.engine.data import DataBundle, check_compatible, load_data, make_loader
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, MetricsSnapshot, Phase
@@ -92,6 +93,7 @@ def run_recipe(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None,
                ) -> Generator[object, None, RunResult]:
     """Run the whole job. ``loaded``/``bundle`` let the GUI pass what it already has open."""
     started = time.perf_counter()
+    token = token or CancelToken()
     recipe.validate()
     main = is_main_process()
     out_dir = Path(out_dir)
@@ -122,6 +124,9 @@ def _run(recipe, staging, token, loaded, bundle, started):
     if not loaded.prunable:
         raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
     input_size = tuple(loaded.input_size)
+    # Check the plan against the real layers now, before any slow step runs.
+    get_criterion(recipe.plan.criterion)
+    recipe.plan.validate(loaded.module)
     if bundle is None and recipe.data.spec:
         bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
     if bundle is not None:

@@ -1,0 +1,333 @@
+"""Write a (pruned) model to disk in the formats people deploy, and prove each file works.
+
+Formats: the full pickled module (``pt``), a weights-only checkpoint that rebuilds the
+pruned architecture from its name plus the torch-pruning history (``checkpoint``),
+TorchScript (``torchscript``) and ONNX (``onnx``). Every file is written atomically,
+reloaded, and run on a fixed random batch; a file whose outputs differ from the model's is
+not kept, so whatever is on disk after an export reproduces the model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from studio.engine.errors import StudioError
+from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progress
+from studio.engine.files import atomic_write, ensure_free_space
+
+FORMATS = ("pt", "checkpoint", "torchscript", "onnx")
+
+CHECKPOINT_FORMAT = "compression-studio/checkpoint"
+CHECKPOINT_VERSION = 1
+
+# A reloaded model may differ from the original by float rounding only; the bound scales
+# with the size of the outputs so large logits are not held to an absolute 1e-3.
+TOLERANCE = 1e-3
+
+_SUFFIX = {"pt": ".pt", "checkpoint": ".ckpt.pt", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+
+Builder = Callable[[str, int], nn.Module]
+
+
+@dataclass
+class ExportRecord:
+    """One exported file. ``max_abs_diff`` is max |reloaded(x) - model(x)| on a fixed random batch
+    (NaN when it could not be checked, and for a skipped format whose ``path`` is empty)."""
+    format: str
+    path: str
+    bytes: int
+    max_abs_diff: float
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint: state_dict + pruning history
+
+def _plain_history(history: Sequence) -> list:
+    """The pruning history as lists of str/bool/int only, so ``torch.load(weights_only=True)`` accepts it."""
+    plain = []
+    for step in history or []:
+        try:
+            name, is_out, idxs = step
+            # torch-pruning may hand back index wrappers (.idx) or tensors; keep the plain int.
+            plain.append([str(name), bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]])
+        except (TypeError, ValueError) as exc:
+            raise StudioError(f"The pruning history has an entry that is not (layer, bool, indices): {step!r}.",
+                              "Pass the history from torch-pruning's pruner.pruning_history().") from exc
+    return plain
+
+
+def _checkpoint_dict(model: nn.Module, *, arch: str, num_classes: int, input_size, pruning_history,
+                     trained: bool, note: str) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": str(arch),
+        "num_classes": int(num_classes),
+        "input_size": [int(s) for s in input_size],
+        "trained": bool(trained),
+        "note": str(note),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "pruning_history": _plain_history(pruning_history),
+    }
+
+
+def save_checkpoint(path, model: nn.Module, *, arch: str, num_classes: int, input_size, pruning_history,
+                    trained: bool = True, note: str = "") -> None:
+    """Atomically write a weights-only checkpoint that `rebuild_from_checkpoint` turns back into the model."""
+    if not arch:
+        raise StudioError("A checkpoint needs the model's architecture name to be rebuilt, and this model has none.",
+                          "Save the full model ('pt' format) instead.")
+    ckpt = _checkpoint_dict(model, arch=arch, num_classes=num_classes, input_size=input_size,
+                            pruning_history=pruning_history, trained=trained, note=note)
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _build(arch: str, num_classes: int, builder: Optional[Builder] = None) -> nn.Module:
+    """The unpruned architecture; imported lazily so export does not pull in every model zoo."""
+    if builder is None:
+        from studio.engine.model_loading import build_architecture
+        builder = build_architecture
+    return builder(arch, num_classes)
+
+
+def rebuild_from_checkpoint(ckpt: dict, builder: Optional[Builder] = None) -> nn.Module:
+    """Build the checkpoint's architecture, replay its pruning history, load its weights; eval mode.
+
+    ``builder(arch, num_classes)`` defaults to `studio.engine.model_loading.build_architecture`.
+    """
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise StudioError("This file is not a Compression Studio checkpoint.",
+                          "Load it as a plain model or state_dict file instead.")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise StudioError(f"This checkpoint was written by a newer Compression Studio (version {ckpt['version']}).",
+                          "Update Compression Studio to load it.")
+    import torch_pruning as tp
+
+    model = _build(ckpt["arch"], int(ckpt["num_classes"]), builder)
+    # eval: tracing a batch of one through BatchNorm in training mode fails on 1x1 feature maps.
+    model.eval()
+    history = ckpt.get("pruning_history") or []
+    if history:
+        example = torch.randn(1, *ckpt["input_size"])
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        try:
+            dg.load_pruning_history(history)
+        except (AttributeError, IndexError, KeyError) as exc:
+            raise StudioError(f"The checkpoint's pruning history does not fit architecture {ckpt['arch']!r} ({exc}).",
+                              "It was probably made with a different version of that architecture; "
+                              "export the model again from the original run.") from exc
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        # torch's message starts with a generic header line; the first mismatch says what is wrong
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise StudioError(f"The checkpoint's weights do not fit the rebuilt {ckpt['arch']!r}: "
+                          f"{lines[1] if len(lines) > 1 else lines[0] if lines else exc}",
+                          "It was probably made with a different version of that architecture; "
+                          "export the model again from the original run.") from exc
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing outputs
+
+def _tensors(out) -> list:
+    """Flatten a model output (tensor, tuple/list, dict) into a list of tensors in a stable order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _tensors(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _max_abs_diff(reference: list, got: list) -> float:
+    if len(reference) != len(got):
+        return math.inf
+    diff = 0.0
+    for ref, other in zip(reference, got):
+        other = torch.as_tensor(other)
+        if other.shape != ref.shape:
+            return math.inf
+        diff = max(diff, (other.float() - ref.float()).abs().max().item() if ref.numel() else 0.0)
+    return diff
+
+
+def _verify(fmt: str, diff: float, reference: list) -> None:
+    """Refuse a file whose outputs are not the model's (the caller's atomic write then drops it)."""
+    if math.isnan(diff):
+        return
+    scale = max(1.0, max((r.abs().max().item() for r in reference if r.numel()), default=1.0))
+    if not diff <= TOLERANCE * scale:
+        raise StudioError(f"The exported {fmt} file does not reproduce the model: outputs differ by up to {diff:.3g} "
+                          f"(allowed {TOLERANCE * scale:.3g}); it was not kept.",
+                          f"Leave '{fmt}' out of the export formats, or report this model as a bug.")
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per format: each writes ``tmp`` and returns (max_abs_diff, note)
+
+def _write_pt(model, tmp: Path, check: torch.Tensor, reference: list, **_):
+    torch.save(model, tmp)
+    # weights_only=False is safe here: we reload the file we have just written ourselves.
+    loaded = torch.load(tmp, map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        diff = _max_abs_diff(reference, _tensors(loaded.eval()(check)))
+    return diff, "Full pickled module; loading it needs the model's Python classes importable."
+
+
+def _write_checkpoint(model, tmp: Path, check: torch.Tensor, reference: list, *, arch, num_classes, input_size,
+                      pruning_history, trained, builder, **_):
+    torch.save(_checkpoint_dict(model, arch=arch, num_classes=num_classes, input_size=input_size,
+                                pruning_history=pruning_history, trained=trained, note=""), tmp)
+    # Check the file the way a user will load it: weights only, rebuilt from the history.
+    rebuilt = rebuild_from_checkpoint(torch.load(tmp, map_location="cpu", weights_only=True), builder)
+    with torch.no_grad():
+        diff = _max_abs_diff(reference, _tensors(rebuilt(check)))
+    return diff, f"Weights + pruning history for {arch}; rebuild with rebuild_from_checkpoint()."
+
+
+def _write_torchscript(model, tmp: Path, check: torch.Tensor, reference: list, *, example_input, **_):
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but TorchScript is still what many
+        # C++/mobile runtimes load; the warning would only repeat that on every export.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example_input, check_trace=False)
+        torch.jit.save(traced, str(tmp))
+        loaded = torch.jit.load(str(tmp), map_location="cpu")
+        with torch.no_grad():
+            diff = _max_abs_diff(reference, _tensors(loaded(check)))
+    return diff, "Traced with torch.jit.trace: data-dependent control flow is frozen to the example's path."
+
+
+def _onnx_export(model, tmp: Path, args: tuple) -> str:
+    """Export with the torch.export-based exporter, falling back to the TorchScript one; say which."""
+    try:
+        from torch.export import Dim
+        torch.onnx.export(model, args, str(tmp), dynamo=True, opset_version=18, input_names=["input"],
+                          output_names=["output"], dynamic_shapes=({0: Dim("batch")},),
+                          # one self-contained file: external data would be named after the temp file
+                          external_data=False, verbose=False)
+        return "torch.export-based exporter, opset 18, dynamic batch"
+    except Exception as exc:  # noqa: BLE001 - any failure of the new exporter means: try the old one
+        first_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, args, str(tmp), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return f"TorchScript-based exporter, opset 17, dynamic batch (torch.export failed: {first_error[:200]})"
+
+
+def _write_onnx(model, tmp: Path, check: torch.Tensor, reference: list, **_):
+    # Export with a batch of two: torch.export specialises a dimension of size 1 to a constant.
+    note = _onnx_export(model, tmp, (check[:2],))
+    try:
+        import onnx
+    except ImportError:
+        return math.nan, note + "; not checked: the onnx package is not installed"
+    try:
+        onnx.checker.check_model(str(tmp))
+    except onnx.checker.ValidationError as exc:
+        raise StudioError(f"The exported ONNX file is not valid: {str(exc).splitlines()[0]}",
+                          "Leave 'onnx' out of the export formats, or report this model as a bug.") from exc
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return math.nan, note + "; outputs not checked: onnxruntime is not installed"
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    # the full check batch (three) differs from the export batch (two): this proves the batch is dynamic
+    outputs = session.run(None, {session.get_inputs()[0].name: check.numpy()})
+    return _max_abs_diff(reference, [torch.from_numpy(o) for o in outputs]), note
+
+
+_WRITERS = {"pt": _write_pt, "checkpoint": _write_checkpoint, "torchscript": _write_torchscript,
+            "onnx": _write_onnx}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _dense_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS, example_input: torch.Tensor,
+                 arch: Optional[str], num_classes: int, input_size=None, pruning_history: list,
+                 trained: bool = True, base_name: str = "model", token: CancelToken = NEVER_CANCELLED,
+                 builder: Optional[Builder] = None) -> Generator[object, None, list]:
+    """Write ``model`` to ``out_dir`` in each of ``formats``, reload each file and check its outputs.
+
+    Yields Phase/Progress/Log events and returns a list of `ExportRecord` (one per format; a
+    checkpoint that cannot be rebuilt because ``arch`` is None is skipped with a note).
+    ``builder(arch, num_classes)`` rebuilds a checkpoint's architecture for the check
+    (default: `studio.engine.model_loading.build_architecture`). ``model`` is not changed.
+    """
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise StudioError(f"Unknown export format(s): {', '.join(map(str, unknown))}.",
+                          f"Choose from: {', '.join(FORMATS)}.")
+    out_dir = Path(out_dir)
+    example_input = example_input.detach().cpu()
+    if input_size is None:
+        input_size = list(example_input.shape[1:])
+
+    # Work on a CPU copy in eval mode: the caller's model keeps its device, mode and weights.
+    work = copy.deepcopy(model).cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    check = torch.randn(3, *example_input.shape[1:], generator=generator).to(example_input.dtype)
+    with torch.no_grad():
+        reference = [t.detach().clone() for t in _tensors(work(check))]
+    if not reference:
+        raise StudioError("The model's output has no tensors, so its exports cannot be checked.",
+                          "Export a model whose forward returns a tensor (or tuple/dict of tensors).")
+    needed = 2 * _dense_bytes(work) + 1_000_000   # the file plus headroom; graph protos add a little
+
+    yield Phase("export", f"Exporting {', '.join(formats)}")
+    yield Progress("export", 0, len(formats))
+    records: list[ExportRecord] = []
+    for i, fmt in enumerate(formats):
+        token.check("export")
+        path = out_dir / f"{base_name}{_SUFFIX[fmt]}"
+        if fmt == "checkpoint" and not arch:
+            note = ("Skipped: this model has no known architecture name, so a weights-only checkpoint could not "
+                    "be rebuilt; use the 'pt' file.")
+            records.append(ExportRecord(fmt, "", 0, math.nan, note))
+            yield Log(f"checkpoint: {note}", "warning")
+            yield Progress("export", i + 1, len(formats), "checkpoint skipped")
+            continue
+        ensure_free_space(out_dir, needed)
+        try:
+            with atomic_write(path) as tmp:
+                diff, note = _WRITERS[fmt](work, tmp, check, reference, example_input=example_input, arch=arch,
+                                           num_classes=num_classes, input_size=input_size,
+                                           pruning_history=pruning_history, trained=trained, builder=builder)
+                _verify(fmt, diff, reference)
+                size = tmp.stat().st_size
+        except StudioError:
+            raise
+        except OSError as exc:   # a full disk was already turned into a StudioError by atomic_write
+            raise StudioError(f"Cannot write {path}: {exc.strerror or exc}.",
+                              "Check that the output folder is writable, then export again.") from exc
+        except Exception as exc:  # noqa: BLE001 - tracing/exporting a user's model fails in many ways
+            raise StudioError(f"Exporting the model as {fmt} failed: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} (no file was kept).",
+                              f"Leave '{fmt}' out of the export formats and export the others.") from exc
+        records.append(ExportRecord(fmt, str(path), size, diff, note))
+        shown = "not checked" if math.isnan(diff) else f"max diff {diff:.2g}"
+        yield Progress("export", i + 1, len(formats), f"{fmt}: {size / 1e6:.2f} MB, {shown}")
+    return records
+
+
+__all__ = ["FORMATS", "ExportRecord", "export_model", "save_checkpoint", "rebuild_from_checkpoint"]

@@ -1,0 +1,518 @@
+"""Turn a run folder's numbers into one self-contained HTML comparison report.
+
+The page has no scripts, no external files and no network access: charts are inline SVG
+drawn by the small helpers below, styles are inline CSS, and every string that came from
+the user (model spec, layer names, notes, warnings) is HTML-escaped. Any section whose data
+is missing (no data set, no fine-tuning, no exports) is simply left out.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from studio.engine.errors import StudioError
+from studio.engine.files import write_text
+
+STAGES = (("before", "Before"), ("pruned", "Pruned"), ("after", "Fine-tuned"))
+PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning"}
+COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
+MINUS = "\u2212"
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# number formatting
+
+def _num(value) -> Optional[float]:
+    """A finite float, or None for anything missing, non-numeric or NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _sig3(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _scaled(value, units) -> str:
+    v = _num(value)
+    if v is None:
+        return "—"
+    a = abs(v)
+    sign = MINUS if v < 0 else ""
+    for i, (suffix, scale) in enumerate(units):
+        if scale == 1 and a == int(a):
+            text = str(int(a))
+        else:
+            text = _sig3(a / scale)
+        # move up a unit when rounding reaches 1000 (999 999 → "1.00 M", not "1000 K")
+        if float(text) < 1000 or i == len(units) - 1:
+            return f"{sign}{text}{suffix}"
+    raise AssertionError("unreachable")
+
+
+def human_count(value) -> str:
+    """272474 → '272 K', 41_000_000 → '41.0 M'."""
+    return _scaled(value, (("", 1), (" K", 1e3), (" M", 1e6), (" G", 1e9), (" T", 1e12)))
+
+
+def human_bytes(value) -> str:
+    """1_100_000 → '1.10 MB' (decimal units, as file managers show them)."""
+    return _scaled(value, ((" B", 1), (" kB", 1e3), (" MB", 1e6), (" GB", 1e9), (" TB", 1e12)))
+
+
+def human_ms(value) -> str:
+    v = _num(value)
+    return "—" if v is None else f"{v:.3g} ms"
+
+
+def human_pct(fraction) -> str:
+    v = _num(fraction)
+    return "—" if v is None else f"{v * 100:.1f}%"
+
+
+def ratio_text(before, after, better: str, worse: str) -> str:
+    """'2.01× fewer' when after is smaller; '1.20× more' when larger; '' when unknown."""
+    b, a = _num(before), _num(after)
+    if b is None or a is None or a <= 0 or b <= 0:
+        return ""
+    if abs(b - a) / b < 0.005:
+        return "no change"
+    return f"{b / a:.2f}× {better}" if b > a else f"{a / b:.2f}× {worse}"
+
+
+def delta_pt(before, after) -> str:
+    """Accuracy change in percentage points: '−0.8 pt', '+0.3 pt'."""
+    b, a = _num(before), _num(after)
+    if b is None or a is None:
+        return ""
+    d = (a - b) * 100
+    return f"{'+' if d >= 0 else MINUS}{abs(d):.1f} pt"
+
+
+def _when(created) -> str:
+    try:
+        return datetime.datetime.fromisoformat(str(created)).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(created)
+
+
+def _latency(stage: Optional[dict], batch: str) -> Optional[dict]:
+    lat = (stage or {}).get("latency") or {}
+    entry = lat.get(batch) if isinstance(lat, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def _latency_batches(stages: list) -> list:
+    keys = set()
+    for stage in stages:
+        lat = (stage or {}).get("latency")
+        if isinstance(lat, dict):
+            keys.update(str(k) for k in lat)
+    return sorted(keys, key=lambda k: (int(k) if k.isdigit() else math.inf, k))
+
+
+# ---------------------------------------------------------------------------------------------
+# SVG charts
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list:
+    """Round tick values (steps of 1, 2, 2.5 or 5 × 10^n) that cover [lo, hi]."""
+    if hi <= lo:
+        pad = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    start, end = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    return [start + i * step for i in range(int(round((end - start) / step)) + 1)]
+
+
+def _tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    if decimals and abs(step * 10 ** decimals - round(step * 10 ** decimals)) > 1e-6:
+        decimals += 1   # steps like 0.25 need one more digit
+    return f"{value:.{decimals}f}".replace("-", MINUS)
+
+
+def line_chart(title: str, series: list, *, y_unit: str = "", width: int = 460, height: int = 250) -> str:
+    """An SVG line chart. ``series`` is [(label, [(x, y), ...]), ...]; points with y None are dropped."""
+    series = [(label, [(x, y) for x, y in pts if _num(x) is not None and _num(y) is not None])
+              for label, pts in series]
+    series = [(label, pts) for label, pts in series if pts]
+    if not series:
+        return ""
+    left, right, top, bottom = 52, 14, 40, 38
+    pw, ph = width - left - right, height - top - bottom
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts]
+    x_lo, x_hi = min(xs), max(xs)
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+    yt = nice_ticks(min(ys), max(ys))
+    y_lo, y_hi = yt[0], yt[-1]
+
+    def px(x):
+        return left + (x - x_lo) / (x_hi - x_lo) * pw
+
+    def py(y):
+        return top + ph - (y - y_lo) / (y_hi - y_lo) * ph
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'role="img" aria-label="{_e(title)}" xmlns="http://www.w3.org/2000/svg">',
+           f'<title>{_e(title)}</title>',
+           f'<text x="{left}" y="16" class="ct">{_e(title)}</text>']
+    step = yt[1] - yt[0]
+    for t in yt:
+        y = py(t)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                   f'{_e(_tick_label(t, step) + y_unit)}</text>')
+    # whole epochs only, thinned so labels never collide
+    first, last = math.ceil(min(xs)), math.floor(max(xs))
+    every = max(1, math.ceil((last - first + 1) / 10))
+    for x in range(first, last + 1, every):
+        out.append(f'<text x="{px(x):.1f}" y="{top + ph + 16}" class="tick" text-anchor="middle">{x}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" class="tick" text-anchor="middle">epoch</text>')
+    out.append(f'<line x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}" class="axis"/>')
+    lx = left
+    for i, (label, pts) in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}">'
+                       f'<title>{_e(label)}, epoch {_e(x)}: {_e(f"{y:.4g}{y_unit}")}</title></circle>')
+        out.append(f'<rect x="{lx}" y="24" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{lx + 14}" y="33" class="tick">{_e(label)}</text>')
+        lx += 24 + 7 * len(label)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def layer_chart(layers: list, width: int = 760) -> str:
+    """Horizontal bar pairs: channels before (grey) and after (blue) for each pruned-or-kept layer."""
+    rows = [(str(l.get("name", "")), _num(l.get("channels_before")), _num(l.get("channels_after")))
+            for l in layers if isinstance(l, dict)]
+    rows = [(n, b, a) for n, b, a in rows if b is not None and a is not None]
+    if not rows:
+        return ""
+    longest = max(len(n) for n, _, _ in rows)
+    label_w = min(240, 12 + 6.6 * longest)
+    bar_w = width - label_w - 70
+    row_h, top = 18, 34
+    height = top + row_h * len(rows) + 8
+    most = max(b for _, b, _ in rows) or 1
+    legend = max(label_w, 160)   # right of the title, however short the layer names
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'role="img" aria-label="Channels per layer" xmlns="http://www.w3.org/2000/svg">',
+           "<title>Channels per layer, before and after pruning</title>",
+           '<text x="0" y="16" class="ct">Channels per layer</text>',
+           f'<rect x="{legend:.0f}" y="6" width="10" height="10" fill="#cbd5e1"/>'
+           f'<text x="{legend + 14:.0f}" y="15" class="tick">before</text>',
+           f'<rect x="{legend + 70:.0f}" y="6" width="10" height="10" fill="{COLORS[0]}"/>'
+           f'<text x="{legend + 84:.0f}" y="15" class="tick">after</text>']
+    for i, (name, before, after) in enumerate(rows):
+        y = top + i * row_h
+        shown = name if len(name) * 6.6 + 12 <= label_w else "…" + name[-int((label_w - 12) / 6.6) + 1:]
+        out.append(f'<g><title>{_e(name)}: {before:.0f} → {after:.0f} channels</title>'
+                   f'<text x="{label_w - 6:.0f}" y="{y + 11}" class="tick mono" text-anchor="end">{_e(shown)}</text>'
+                   f'<rect x="{label_w:.0f}" y="{y + 1}" width="{bar_w * before / most:.1f}" height="7" fill="#cbd5e1"/>'
+                   f'<rect x="{label_w:.0f}" y="{y + 8}" width="{bar_w * after / most:.1f}" height="7" '
+                   f'fill="{COLORS[0]}"/>'
+                   f'<text x="{label_w + bar_w * before / most + 4:.1f}" y="{y + 12}" class="tick">'
+                   f'{after:.0f}/{before:.0f}</text></g>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# page sections
+
+CSS = """
+:root { color-scheme: light; --fg: #1f2937; --muted: #6b7280; --line: #e5e7eb; --accent: #2563eb;
+        --good: #15803d; --bad: #b91c1c; --bg-soft: #f8fafc; }
+* { box-sizing: border-box; }
+body { font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       margin: 0 auto; max-width: 1100px; padding: 24px 28px 48px; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+.sub { color: var(--muted); margin: 0 0 14px; word-break: break-all; }
+.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
+.meta dt { color: var(--muted); } .meta dd { margin: 0; word-break: break-word; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
+         vertical-align: middle; margin-left: 8px; }
+.badge.warn { background: #fef3c7; color: #92400e; border: 1px solid #f59e0b; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(190px, 1fr)); gap: 12px; margin-top: 18px; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; background: var(--bg-soft); }
+.card .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.card .value { font-size: 18px; font-weight: 600; margin: 4px 0 2px; font-variant-numeric: tabular-nums; }
+.card .change { font-weight: 600; }
+.good { color: var(--good); } .bad { color: var(--bad); } .muted { color: var(--muted); }
+table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
+th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { font-weight: 600; background: var(--bg-soft); }
+td.n, th.n { text-align: right; white-space: nowrap; }
+tbody tr:hover { background: #f1f5f9; }
+.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
+.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+svg.chart { max-width: 100%; height: auto; }
+svg .ct { font-size: 13px; font-weight: 600; fill: #1f2937; }
+svg .tick { font-size: 11px; fill: #4b5563; }
+svg .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+svg .grid { stroke: #e5e7eb; } svg .axis { stroke: #9ca3af; }
+ul.warnings li { margin: 4px 0; }
+details pre { background: var(--bg-soft); border: 1px solid var(--line); padding: 10px; overflow: auto; }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+@media print { body { padding: 0; } .card, svg.chart, tr { break-inside: avoid; } }
+"""
+
+
+def _header(metrics: dict) -> str:
+    model = metrics.get("model") or {}
+    data = metrics.get("data") or {}
+    plan = metrics.get("plan") or {}
+    spec = model.get("spec") or model.get("arch") or "model"
+    badge = ('<span class="badge warn" title="Accuracy numbers of untrained weights mean little">'
+             "untrained weights</span>") if model.get("trained") is False else ""
+    rows = [("Architecture", model.get("arch") if model.get("arch") != spec else None), ("Weights", model.get("weights_note")),
+            ("Input", "×".join(str(s) for s in model.get("input_size") or []) or None),
+            ("Classes", model.get("num_classes")),
+            ("Data", " — ".join(str(x) for x in (data.get("spec"), data.get("summary")) if x) or "none (data-free)"),
+            ("Criterion", plan.get("criterion")),
+            ("Created", _when(metrics["created"]) if metrics.get("created") else None),
+            ("Device", metrics.get("device")),
+            ("Run time", f"{_num(metrics.get('wall_seconds')):.1f} s" if _num(metrics.get("wall_seconds")) else None)]
+    meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows if v not in (None, ""))
+    return (f"<header><h1>Compression report{badge}</h1><p class=\"sub mono\">{_e(spec)}</p>"
+            f"<dl class=\"meta\">{meta}</dl></header>")
+
+
+def _card(label: str, before: str, after: str, change: str, good: Optional[bool]) -> str:
+    cls = "" if good is None else ("good" if good else "bad")
+    return (f'<div class="card"><div class="label">{_e(label)}</div>'
+            f'<div class="value">{_e(before)} → {_e(after)}</div>'
+            f'<div class="change {cls}">{_e(change) or "&nbsp;"}</div></div>')
+
+
+def _cards(metrics: dict) -> str:
+    before = metrics.get("before") or {}
+    final = metrics.get("after") or metrics.get("pruned") or {}
+    if not before or not final:
+        return ""
+
+    def smaller_is_better(key, fmt, better, worse, noun=""):
+        b, a = _num(before.get(key)), _num(final.get(key))
+        if b is None or a is None:
+            return None
+        change = ratio_text(b, a, better, worse)
+        change = f"{change} {noun}".strip() if change and change != "no change" else change
+        return fmt(b), fmt(a), change, None if change == "no change" else a < b
+
+    cards = []
+    for label, args in (("Parameters", ("params", human_count, "fewer", "more", "params")),
+                        ("MACs", ("macs", human_count, "fewer", "more", "MACs")),
+                        ("Size on disk", ("dense_bytes", human_bytes, "smaller", "larger"))):
+        got = smaller_is_better(*args)
+        if got:
+            cards.append(_card(label, *got))
+    for batch in _latency_batches([before, final])[:1]:
+        b, a = _latency(before, batch), _latency(final, batch)
+        if b and a and _num(b.get("median_ms")) and _num(a.get("median_ms")):
+            bm, am = b["median_ms"], a["median_ms"]
+            change = ratio_text(bm, am, "faster", "slower")
+            cards.append(_card(f"Latency (batch {batch}, {b.get('device', '?')})", human_ms(bm), human_ms(am),
+                               change, None if change == "no change" else am < bm))
+    for key, label in (("top1", "Top-1 accuracy"),):
+        b, a = _num(before.get(key)), _num(final.get(key))
+        if b is not None and a is not None:
+            cards.append(_card(label, human_pct(b), human_pct(a), delta_pt(b, a), a >= b))
+    return f'<section class="cards">{"".join(cards)}</section>' if cards else ""
+
+
+def _stage_table(metrics: dict) -> str:
+    stages = [(key, title, metrics.get(key)) for key, title in STAGES if isinstance(metrics.get(key), dict)]
+    if not stages:
+        return ""
+    rows = [("Parameters", lambda s: human_count(s.get("params"))),
+            ("MACs", lambda s: human_count(s.get("macs"))),
+            ("Size, dense", lambda s: human_bytes(s.get("dense_bytes"))),
+            ("Size, compressed", lambda s: human_bytes(s.get("compressed_bytes"))),
+            ("Zero weights", lambda s: human_pct(s.get("sparsity")))]
+    for batch in _latency_batches([s for _, _, s in stages]):
+        def lat(s, batch=batch):
+            entry = _latency(s, batch)
+            if not entry or _num(entry.get("median_ms")) is None:
+                return "—"
+            p90 = f" (p90 {human_ms(entry['p90_ms'])})" if _num(entry.get("p90_ms")) is not None else ""
+            return human_ms(entry["median_ms"]) + p90
+        device = next((_latency(s, batch) or {}).get("device") for _, _, s in stages if _latency(s, batch))
+        rows.append((f"Latency, batch {batch}" + (f" ({device})" if device else ""), lat))
+    rows += [("Top-1 accuracy", lambda s: human_pct(s.get("top1"))),
+             ("Top-5 accuracy", lambda s: human_pct(s.get("top5")))]
+    head = "".join(f'<th class="n">{_e(title)}</th>' for _, title, _ in stages)
+    body = []
+    for label, cell in rows:
+        cells = [cell(s) for _, _, s in stages]
+        if all(c == "—" for c in cells):
+            continue   # a step that never ran (e.g. no data → no accuracy) gets no row
+        body.append(f"<tr><td>{_e(label)}</td>" + "".join(f'<td class="n">{_e(c)}</td>' for c in cells) + "</tr>")
+    return (f"<h2>Numbers</h2><table><thead><tr><th></th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _history_charts(metrics: dict) -> str:
+    history = metrics.get("history") or {}
+    if not isinstance(history, dict):
+        return ""
+    order = [p for p in PHASE_TITLES if p in history] + sorted(p for p in history if p not in PHASE_TITLES)
+    blocks = []
+    for phase in order:
+        epochs = [e for e in history.get(phase) or [] if isinstance(e, dict)]
+        if not epochs:
+            continue
+
+        def points(key, scale=1.0):
+            # epochs are stored 0-based; charts count from 1 like the progress display
+            return [((i if _num(e.get("epoch")) is None else e["epoch"]) + 1,
+                     None if _num(e.get(key)) is None else e[key] * scale) for i, e in enumerate(epochs)]
+
+        title = PHASE_TITLES.get(phase, phase)
+        charts = [line_chart(f"{title}: loss", [("train loss", points("train_loss")),
+                                                ("val loss", points("val_loss"))]),
+                  line_chart(f"{title}: accuracy", [("val top-1", points("val_top1", 100)),
+                                                    ("train top-1", points("train_accuracy", 100))], y_unit="%")]
+        charts = [c for c in charts if c]
+        if charts:
+            blocks.append(f'<h2>{_e(title)}</h2><div class="charts">{"".join(charts)}</div>')
+    return "".join(blocks)
+
+
+def _layers(metrics: dict) -> str:
+    layers = [l for l in metrics.get("layers") or [] if isinstance(l, dict)]
+    if not layers:
+        return ""
+    body = []
+    for l in layers:
+        cb, ca = _num(l.get("channels_before")), _num(l.get("channels_after"))
+        kept = human_pct(ca / cb) if cb and ca is not None else "—"
+        body.append(f'<tr><td class="mono">{_e(l.get("name", ""))}</td><td>{_e(l.get("type", ""))}</td>'
+                    f'<td class="n">{_e(human_count(cb))}</td><td class="n">{_e(human_count(ca))}</td>'
+                    f'<td class="n">{_e(kept)}</td>'
+                    f'<td class="n">{_e(human_count(l.get("params_before")))}</td>'
+                    f'<td class="n">{_e(human_count(l.get("params_after")))}</td></tr>')
+    return ("<h2>Layers</h2>" + layer_chart(layers) +
+            '<table><thead><tr><th>Layer</th><th>Type</th><th class="n">Channels before</th>'
+            '<th class="n">Channels after</th><th class="n">Kept</th><th class="n">Params before</th>'
+            f'<th class="n">Params after</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _exports(metrics: dict) -> str:
+    exports = [x for x in metrics.get("exports") or [] if isinstance(x, dict)]
+    if not exports:
+        return ""
+    body = []
+    for x in exports:
+        path = str(x.get("path") or "")
+        skipped = not path
+        diff = _num(x.get("max_abs_diff"))
+        diff_text = "skipped" if skipped else ("not checked" if diff is None else f"{diff:.1e}")
+        body.append(f'<tr><td>{_e(x.get("format", ""))}</td><td class="mono">{_e(Path(path).name if path else "—")}</td>'
+                    f'<td class="n">{_e("—" if skipped else human_bytes(x.get("bytes")))}</td>'
+                    f'<td class="n">{_e(diff_text)}</td><td>{_e(x.get("note") or "")}</td></tr>')
+    return ("<h2>Exports</h2><p class=\"muted\">Each file was reloaded and run on a fixed random batch; "
+            "“max |Δ|” is the largest difference from the model's own outputs.</p>"
+            '<table><thead><tr><th>Format</th><th>File</th><th class="n">Size</th><th class="n">max |Δ|</th>'
+            f"<th>Note</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _plan_value(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True) if value else "none"
+    if key in ("rate", "unstructured_sparsity") and _num(value) is not None:
+        return f"{value:g} (remove {value * 100:.0f}% of channels)" if key == "rate" else f"{value:g} ({value * 100:.0f}%)"
+    return str(value)
+
+
+def _plan(metrics: dict) -> str:
+    plan = metrics.get("plan")
+    if not isinstance(plan, dict) or not plan:
+        return ""
+    rows = "".join(f"<dt>{_e(k.replace('_', ' ').capitalize())}</dt><dd class=\"mono\">{_e(_plan_value(k, v))}</dd>"
+                   for k, v in plan.items())
+    return f'<h2>Pruning plan</h2><dl class="meta">{rows}</dl>'
+
+
+def _warnings(metrics: dict) -> str:
+    warnings = [w for w in metrics.get("warnings") or [] if w]
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
+
+
+def _recipe(recipe: Optional[dict]) -> str:
+    if not recipe:
+        return ""
+    return ("<h2>Recipe</h2><details><summary>recipe.json — run it again with this to reproduce the run"
+            f"</summary><pre class=\"mono\">{_e(json.dumps(recipe, indent=2))}</pre></details>")
+
+
+def render_report(metrics: dict, recipe: Optional[dict] = None) -> str:
+    """The whole report page for a run's ``metrics.json`` (and optionally its recipe) as an HTML string."""
+    if not isinstance(metrics, dict):
+        raise StudioError("The run's metrics are not a JSON object.", "Run the job again to rewrite metrics.json.")
+    model = metrics.get("model") or {}
+    title = f"Compression report — {model.get('spec') or model.get('arch') or 'model'}"
+    version = metrics.get("studio_version")
+    body = "\n".join(part for part in (
+        _header(metrics), _cards(metrics), _stage_table(metrics), _history_charts(metrics), _layers(metrics),
+        _exports(metrics), _plan(metrics), _warnings(metrics), _recipe(recipe)) if part)
+    footer = f"Generated by Compression Studio{(' ' + _e(version)) if version else ''}."
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n"
+            f"<footer>{footer}</footer>\n</body>\n</html>\n")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).",
+                          "Run the job again to rewrite it.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudioError(f"Cannot read {path}: {exc}.", "Check the file's permissions, or run the job again.") from exc
+
+
+def write_report(run_dir) -> Path:
+    """Read ``run_dir/metrics.json`` (and ``recipe.json`` if present) and atomically write ``run_dir/report.html``."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise StudioError(f"There is no metrics.json in {run_dir}.",
+                          "Choose a run folder written by Compression Studio, or run the job again.")
+    metrics = _read_json(metrics_path)
+    if not isinstance(metrics, dict):
+        raise StudioError(f"{metrics_path} does not hold a JSON object.", "Run the job again to rewrite it.")
+    recipe = None
+    recipe_path = run_dir / "recipe.json"
+    if recipe_path.is_file():
+        try:
+            recipe = _read_json(recipe_path)
+        except StudioError as exc:
+            # the recipe only adds a reproducibility appendix: report the problem instead of no report
+            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []),
+                                               f"recipe.json could not be read, so it is not shown: {exc.problem}"]}
+    return write_text(run_dir / "report.html", render_report(metrics, recipe if isinstance(recipe, dict) else None))
