@@ -16,7 +16,6 @@ from studio.engine import data
 from studio.engine.data import (NORMALIZATION, Augment, DataBundle, TensorImageDataset, check_compatible,
                                 download_dataset, load_data, make_loader)
 from studio.engine.errors import StudioError
-from conftest import write_imagefolder
 
 
 def _first_batch(dataset, n=None):
@@ -143,15 +142,15 @@ def test_imagefolder_grayscale_and_channels(make_imagefolder):
     assert as_rgb.input_size == (3, 20, 20)
     assert (as_rgb.mean, as_rgb.std) == NORMALIZATION["imagenet"]
     x, _ = as_rgb.val[0]
-    assert torch.equal(x[0] * as_rgb.std[0] + as_rgb.mean[0], x[1] * as_rgb.std[1] + as_rgb.mean[1]) or \
-        torch.allclose(x[0] * as_rgb.std[0] + as_rgb.mean[0], x[1] * as_rgb.std[1] + as_rgb.mean[1], atol=1e-5)
+    # A grayscale file read as RGB has three identical channels before normalization.
+    assert torch.allclose(x[0] * as_rgb.std[0] + as_rgb.mean[0], x[1] * as_rgb.std[1] + as_rgb.mean[1], atol=1e-5)
 
 
-def test_imagefolder_mixed_sizes_are_resized(tmp_path):
-    root = write_imagefolder(tmp_path / "mixed", per_class=2, size=(24, 24))
-    write_imagefolder(root, classes=("cat",), per_class=1, size=(40, 30), splits=("val",), seed=5)
+def test_imagefolder_mixed_sizes_are_resized(make_imagefolder):
+    root = make_imagefolder("mixed", per_class=2, size=(24, 24))
+    make_imagefolder(root.name, classes=("cat",), per_class=1, size=(40, 30), splits=("val",), seed=5)
     (root / "val" / "cat" / "0000.png").rename(root / "val" / "cat" / "zz_big.png")
-    write_imagefolder(root, classes=("cat",), per_class=1, size=(24, 24), splits=("val",), seed=6)
+    make_imagefolder(root.name, classes=("cat",), per_class=1, size=(24, 24), splits=("val",), seed=6)
     bundle = load_data(str(root))
     assert bundle.input_size == (3, 24, 24)
     assert "resized to 24x24" in bundle.summary()
@@ -426,7 +425,7 @@ def test_missing_path_and_unsupported_file(tmp_path):
         load_data(str(tmp_path / "notes.txt"))
 
 
-def test_empty_and_imageless_folders(tmp_path):
+def test_empty_and_imageless_folders(tmp_path, make_imagefolder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudioError, match="is empty"):
         load_data(str(tmp_path / "empty"))
@@ -434,7 +433,7 @@ def test_empty_and_imageless_folders(tmp_path):
     (tmp_path / "textonly" / "readme.txt").write_text("x")
     with pytest.raises(StudioError, match="has no images"):
         load_data(str(tmp_path / "textonly"))
-    loose = write_imagefolder(tmp_path / "loose", classes=("a",), per_class=2, splits=())
+    loose = make_imagefolder("loose", classes=("a",), per_class=2, splits=())
     for f in (loose / "a").iterdir():
         f.rename(loose / f.name)
     (loose / "a").rmdir()
@@ -442,8 +441,8 @@ def test_empty_and_imageless_folders(tmp_path):
         load_data(str(loose))
 
 
-def test_split_folder_without_images(tmp_path):
-    root = write_imagefolder(tmp_path / "noval", per_class=1, splits=("train",))
+def test_split_folder_without_images(make_imagefolder):
+    root = make_imagefolder("noval", per_class=1, splits=("train",))
     (root / "val").mkdir()
     with pytest.raises(StudioError, match="val has no images"):
         load_data(str(root))
@@ -451,7 +450,7 @@ def test_split_folder_without_images(tmp_path):
         (root / "val" / cls).mkdir()
     with pytest.raises(StudioError, match="Class folder .*cat has no images"):
         load_data(str(root))
-    only_train = write_imagefolder(tmp_path / "onlytrain", per_class=1, splits=("train",))
+    only_train = make_imagefolder("onlytrain", per_class=1, splits=("train",))
     with pytest.raises(StudioError, match="no val/ or test/ folder"):
         load_data(str(only_train))
 
@@ -472,15 +471,15 @@ def test_truncated_jpeg_is_named(make_imagefolder):
         load_data(str(root))
 
 
-def test_class_mismatch_names_the_difference(tmp_path):
-    root = write_imagefolder(tmp_path / "mm", classes=("cat", "dog", "frog"), per_class=1, splits=("train",))
-    write_imagefolder(root, classes=("cat", "dog", "horse"), per_class=1, splits=("val",))
+def test_class_mismatch_names_the_difference(make_imagefolder):
+    root = make_imagefolder("mm", classes=("cat", "dog", "frog"), per_class=1, splits=("train",))
+    make_imagefolder(root.name, classes=("cat", "dog", "horse"), per_class=1, splits=("val",))
     with pytest.raises(StudioError, match=r"only in train/: frog; only in val/: horse"):
         load_data(str(root))
 
 
-def test_fewer_than_two_classes(tmp_path):
-    root = write_imagefolder(tmp_path / "one", classes=("cat",), per_class=2)
+def test_fewer_than_two_classes(make_imagefolder):
+    root = make_imagefolder("one", classes=("cat",), per_class=2)
     with pytest.raises(StudioError, match="at least 2"):
         load_data(str(root))
 

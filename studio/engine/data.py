@@ -8,6 +8,7 @@ with few cores decoding JPEGs every epoch costs more than the training itself.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import pickle
@@ -230,8 +231,9 @@ def load_data(spec: str, *, input_size: Optional[tuple[int, int, int]] = None, a
     """Load the data named by ``spec``: a folder, an .npz file, 'demo' or 'synthetic[:options]'.
 
     ``input_size`` (C,H,W) resizes the images to what a model expects; ``channels`` converts
-    grayscale to RGB (replicated) or RGB to grayscale. ``progress(done, total)`` is called
-    while an ImageFolder is being decoded.
+    grayscale to RGB (replicated) or RGB to grayscale. ``cache_in_memory`` only matters for
+    ImageFolders (None: cache when the decoded images fit in 2 GB); the array formats are
+    always in memory. ``progress(done, total)`` is called while an ImageFolder is decoded.
     """
     spec = str(spec).strip()
     if input_size is not None:
@@ -558,6 +560,30 @@ def _npz_labels(arr: np.ndarray, key: str, n: int, path: Path) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.int64))
 
 
+def _unpack_jpeg_splits(arrays: dict, path: Path) -> dict:
+    """Decode JPEG-packed splits (`<split>_jpeg`, `<split>_offsets`, `<split>_labels`) into x_/y_ arrays.
+
+    The demo subset stores the source JPEG bytes unchanged (see resources/demo/build_subset.py):
+    a third of the size of raw pixels, and pixel-identical to the copy it was drawn from.
+    """
+    from PIL import Image
+    for split in ("train", "test"):
+        if f"{split}_jpeg" not in arrays:
+            continue
+        buf, offsets = arrays.pop(f"{split}_jpeg"), arrays.pop(f"{split}_offsets")
+        images = []
+        try:
+            for start, stop in zip(offsets[:-1], offsets[1:]):
+                with Image.open(io.BytesIO(buf[start:stop].tobytes())) as img:
+                    images.append(np.asarray(img.convert("RGB")))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise StudioError(f"{path.name}: image {len(images)} of the {split} split is corrupt ({exc}).",
+                              "Rebuild the file with resources/demo/build_subset.py.") from exc
+        arrays[f"x_{split}"] = np.stack(images)
+        arrays[f"y_{split}"] = arrays.pop(f"{split}_labels")
+    return arrays
+
+
 def _load_npz(path: Path, opts: _Options, *, kind: str, name: str) -> DataBundle:
     if not zipfile.is_zipfile(path):
         # np.load would otherwise try the file as a pickle or raw .npy and report that instead.
@@ -572,6 +598,7 @@ def _load_npz(path: Path, opts: _Options, *, kind: str, name: str) -> DataBundle
     except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise StudioError(f"Cannot read {path}: it is not a valid .npz file ({exc}).",
                           "Recreate it with numpy.savez.") from exc
+    arrays = _unpack_jpeg_splits(arrays, path)
     val_key = "x_test" if "x_test" in arrays else "x_val" if "x_val" in arrays else None
     if val_key is None or ("y" + val_key[1:]) not in arrays:
         raise StudioError(f"{path.name} lacks evaluation arrays (found: {', '.join(sorted(arrays)) or 'nothing'}).",

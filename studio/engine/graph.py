@@ -864,14 +864,15 @@ class _AutogradView:
         return found[:limit] or ["the input"]
 
 
-class _Where:
-    """'after 'layer'' for a message, worked out only when the message is written."""
-
-    def __init__(self, view: _AutogradView, f: Any):
-        self.view, self.f = view, f
-
-    def __format__(self, spec: str) -> str:
-        return "after " + " and ".join(f"'{n}'" for n in self.view.near(self.f))
+def _places(view: "_AutogradView", fns: list, limit: int = 3) -> str:
+    """'after 'a', 'b' and 5 more places' for a message about several autograd nodes."""
+    spots: list[str] = []
+    for f in fns:
+        spot = " and ".join(f"'{n}'" for n in view.near(f))
+        if spot not in spots:
+            spots.append(spot)
+    text = "after " + ", ".join(spots[:limit])
+    return text + (f" and {len(spots) - limit} more places" if len(spots) > limit else "")
 
 
 def _builtin(call: Optional[_Call]) -> bool:
@@ -893,6 +894,7 @@ def _hazards(probe: _Probe) -> list[str]:
                      "torch-pruning cannot see them; pruning their neighbours would leave them "
                      "with the wrong channel count. Remove torch.no_grad() from forward.")
     view = probe.walk()
+    seen: dict[tuple[str, str], list] = {}   # (problem, op) -> autograd nodes, in forward order
     for f in view.nodes:
         # Ops inside torch.nn layers are the layer's business; ops anywhere else (including
         # inside custom leaf modules) are what torch-pruning has to interpret.
@@ -900,27 +902,35 @@ def _hazards(probe: _Probe) -> list[str]:
                 or _builtin(view.owner.get(f)) or _builtin(view.internal.get(f)):
             continue
         kind = _fn_kind(f)
-        where = _Where(view, f)
         if kind == "stack":
+            seen.setdefault(("stack", kind), []).append(f)
+        elif kind in ("channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle") \
+                or (kind in ("transpose", "permute") and _is_channel_shuffle(view, f)):
+            seen.setdefault(("shuffle", kind), []).append(f)
+        elif _is_custom_fn(f):
+            seen.setdefault(("custom", re.sub(r"Backward$", "", type(f).__name__)), []).append(f)
+        elif kind not in ("transpose", "permute") and not _tp_handles(kind) and _changes_channels(f):
+            seen.setdefault(("channels", kind), []).append(f)
+    for (problem, op), fns in sorted(seen.items(), key=lambda kv: kv[1][0]._sequence_nr()):
+        where = _places(view, sorted(fns, key=lambda f: f._sequence_nr()))
+        if problem == "stack":
             found.append(f"torch.stack {where}: torch-pruning treats it as an element-wise op "
                          "and cannot follow channels through it, so pruning would break the "
                          "model. Use torch.cat, or keep the stacked layers out of pruning.")
-        elif kind in ("channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle") \
-                or (kind in ("transpose", "permute") and _is_channel_shuffle(view, f)):
-            found.append(f"Channel shuffle ({kind}) {where}: it moves channels between groups, "
+        elif problem == "shuffle":
+            found.append(f"Channel shuffle ({op}) {where}: it moves channels between groups, "
                          "which torch-pruning does not track, so pruned channels would be mixed "
                          "up. Keep the layers around it out of pruning.")
-        elif _is_custom_fn(f):
-            found.append(f"Custom autograd function {re.sub(r'Backward$', '', type(f).__name__)} "
-                         f"{where}: torch-pruning assumes it keeps every channel separate "
-                         "(element-wise); if it mixes or changes channels, pruning will break "
-                         "the model. Keep the layers around it out of pruning unless you know "
-                         "it is element-wise.")
-        elif kind not in ("transpose", "permute") and not _tp_handles(kind) and _changes_channels(f):
-            found.append(f"Operation '{kind}' {where} changes the number of channels but is not "
-                         "a convolution, linear layer or concatenation; torch-pruning treats it "
-                         "as element-wise and would prune the wrong channels. Keep the layers "
-                         "around it out of pruning.")
+        elif problem == "custom":
+            found.append(f"Custom autograd function {op} {where}: torch-pruning assumes it keeps "
+                         "every channel separate (element-wise); if it mixes or changes channels, "
+                         "pruning will break the model. Keep the layers around it out of pruning "
+                         "unless you know it is element-wise.")
+        else:
+            found.append(f"Operation '{op}' {where} changes the number of channels but is not a "
+                         "convolution, linear layer or concatenation; torch-pruning treats it as "
+                         "element-wise and would prune the wrong channels. Keep the layers around "
+                         "it out of pruning.")
     return found
 
 
@@ -1100,15 +1110,16 @@ def _heads(g: nx.DiGraph) -> list[str]:
     return heads
 
 
-def _groups(shadows: _Shadows, heads: list[str]) -> tuple[_Probe, Optional[list[list[str]]]]:
+def _groups(shadows: _Shadows, heads: list[str]) -> tuple[_Probe, Optional[list[list[str]]], str]:
     """torch-pruning's groups as lists of module names (the output-channel side of each group).
 
     The dependency graph's own forward pass doubles as the hazard probe, so the model runs
-    once. Returns ``(probe, None)`` when the forward has no autograd history to trace.
+    once. Returns ``(probe, groups, problem)``: groups is None, with ``problem`` saying why,
+    when the forward has no autograd history or torch-pruning fails on the model.
     """
     import torch_pruning as tp
 
-    def run(shadow: nn.Module, meta: bool) -> tuple[_Probe, Optional[list[list[str]]]]:
+    def run(shadow: nn.Module, meta: bool) -> tuple[_Probe, Optional[list[list[str]]], str]:
         names = {m: n for n, m in shadow.named_modules()}
         by_name = dict(shadow.named_modules())
         probe = _Probe()
@@ -1118,24 +1129,31 @@ def _groups(shadows: _Shadows, heads: list[str]) -> tuple[_Probe, Optional[list[
             try:
                 dg.build_dependency(shadow, verbose=False, forward_fn=probe.forward,
                                     example_inputs=_example(shadows.input_size, meta, requires_grad=True))
+                with _index_mapping_once(dg):
+                    all_groups = list(dg.get_all_groups(
+                        ignored_layers=[by_name[h] for h in heads if h in by_name],
+                        root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
             except _NoGradForward:
-                return probe, None
-            found: list[list[str]] = []
-            with _index_mapping_once(dg):
-                all_groups = list(dg.get_all_groups(
-                    ignored_layers=[by_name[h] for h in heads if h in by_name],
-                    root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
-            for group in all_groups:
-                members: list[str] = []
-                for dep, _ in group:
-                    # Skip torch-pruning's own op nodes (no module name) and the consumers
-                    # that only lose input channels.
-                    name = names.get(dep.target.module)
-                    if name and name not in members and dg.is_out_channel_pruning_fn(dep.handler):
-                        members.append(name)
-                if members:
-                    found.append(members)
-        return probe, found
+                return probe, None, ("the forward pass hides how the layers connect (see the "
+                                     "warning about torch.no_grad())")
+            except Exception as exc:  # noqa: BLE001 - torch-pruning's own failures are reported
+                if meta or not probe.outputs:
+                    raise   # retry on real tensors / a genuine forward failure
+                return probe, None, (f"torch-pruning failed on this model ({type(exc).__name__}: "
+                                     f"{str(exc).strip()[:120]}), most likely because of the "
+                                     "patterns described above")
+        found: list[list[str]] = []
+        for group in all_groups:
+            members: list[str] = []
+            for dep, _ in group:
+                # Skip torch-pruning's own op nodes (no module name) and the consumers
+                # that only lose input channels.
+                name = names.get(dep.target.module)
+                if name and name not in members and dg.is_out_channel_pruning_fn(dep.handler):
+                    members.append(name)
+            if members:
+                found.append(members)
+        return probe, found, ""
     return shadows.run(run)
 
 
@@ -1188,10 +1206,10 @@ def build_graph(model: nn.Module, input_size: tuple[int, int, int], *, with_grou
     heads = _heads(graph)
     groups: list[list[str]] = []
     if with_groups:
-        probe, found = _groups(shadows, heads)
+        probe, found, problem = _groups(shadows, heads)
         if found is None:
-            notes.append("Pruning groups were not computed because the forward pass hides how "
-                         "the layers connect (see the warning about torch.no_grad()).")
+            notes.append(f"Pruning groups could not be computed: {problem}. Nothing in this "
+                         "model can be pruned automatically until that is fixed.")
         groups = found or []
     elif probe is None:
         probe = _probe(shadows)

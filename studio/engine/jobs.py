@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import math
 import os
 import shutil
 import time
@@ -82,6 +83,17 @@ def check_pruned_model(model: nn.Module, example: torch.Tensor, expected_shape, 
     if tuple(out.shape) != tuple(expected_shape):
         raise StudioError(f"Pruning changed the model's output shape from {tuple(expected_shape)} to {tuple(out.shape)}.",
                           "Protect the classifier and the layers that feed it.")
+
+
+def json_safe(value):
+    """NaN/inf become null so metrics.json stays strict JSON that any reader accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _snapshot(label: str, values) -> MetricsSnapshot:
@@ -213,6 +225,6 @@ def _run(recipe, staging, token, loaded, bundle, started):
             "warnings": warnings,
         }
         write_text(staging / "recipe.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
-        write_text(staging / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         write_report(staging)
     return RunResult(run_dir=None, metrics=metrics, model=model)

@@ -83,18 +83,28 @@ def layered_layout(g: nx.DiGraph, *,
 
     # 3. Dummy chains.
     layer_of = list(rank)
-    paths, dummies = _dummy_paths(work, rank, succs)
+    chains, uses, dummies = _dummy_chains(work, rank)
     n_all = n_real + len(dummies)
     layer_of.extend(r for r, _ in dummies)
     up: list[list[int]] = [[] for _ in range(n_all)]
     down: list[list[int]] = [[] for _ in range(n_all)]
-    seen_pairs: set[tuple[int, int]] = set()
-    for path in paths.values():
-        for a, b in zip(path, path[1:]):
-            if (a, b) not in seen_pairs:
-                seen_pairs.add((a, b))
-                down[a].append(b)
-                up[b].append(a)
+    linked: set[tuple[int, int]] = set()
+
+    def link(a: int, b: int) -> None:
+        if (a, b) not in linked:
+            linked.add((a, b))
+            down[a].append(b)
+            up[b].append(a)
+
+    for (u, v), k in uses.items():
+        if k == 0:
+            link(u, v)
+        else:
+            link(u, chains[u][0])
+            link(chains[u][k - 1], v)
+    for chain in chains.values():
+        for a, b in zip(chain, chain[1:]):
+            link(a, b)
     widths = [s[0] for s in size] + [0.0] * len(dummies)
     heights = [s[1] for s in size] + [0.0] * len(dummies)
 
@@ -116,16 +126,30 @@ def layered_layout(g: nx.DiGraph, *,
         y += band_h[r] + rank_sep
     ys = [band_top[layer_of[v]] + band_h[layer_of[v]] / 2 for v in range(n_all)]
 
-    routes: dict[tuple[Hashable, Hashable], list[Point]] = {}
-    for (u, v), path in paths.items():
+    # Each chain as vertical runs (x, first dummy, last dummy), so an edge's polyline has
+    # one bend per change of x rather than two points per rank it passes.
+    runs: dict[int, list[tuple[float, int, int]]] = {}
+    for u, chain in chains.items():
+        rs: list[tuple[float, int, int]] = []
+        for i, d in enumerate(chain):
+            if rs and abs(rs[-1][0] - xs[d]) < 1e-6:
+                rs[-1] = (rs[-1][0], rs[-1][1], i)
+            else:
+                rs.append((xs[d], i, i))
+        runs[u] = rs
+    routes: dict[tuple[int, int], list[Point]] = {}
+    for (u, v), k in uses.items():
         pts: list[Point] = [(xs[u], ys[u] + heights[u] / 2)]
-        for d in path[1:-1]:
-            r = layer_of[d]
-            pts.append((xs[d], band_top[r]))
-            pts.append((xs[d], band_top[r] + band_h[r]))
+        if k:
+            chain = chains[u]
+            for x, first, last in runs[u]:
+                if first >= k:
+                    break
+                r0, r1 = layer_of[chain[first]], layer_of[chain[min(last, k - 1)]]
+                pts.append((x, band_top[r0]))
+                pts.append((x, band_top[r1] + band_h[r1]))
         pts.append((xs[v], ys[v] - heights[v] / 2))
-        pts = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
-        routes[(u, v)] = pts
+        routes[(u, v)] = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
 
     # Shift so the drawing starts at (0, 0).
     left = min(min(xs[v] - widths[v] / 2 for v in range(n_all)),
@@ -195,26 +219,29 @@ def _longest_path_ranks(preds: list[list[int]], succs: list[list[int]]) -> list[
     return [r - low for r in rank]
 
 
-def _dummy_paths(work: list[tuple[int, int]], rank: list[int], succs: list[list[int]]):
-    """Node paths (with dummies) for every work edge, and the dummies as (rank, key).
+def _dummy_chains(work: list[tuple[int, int]], rank: list[int]):
+    """Dummy chains for edges longer than one rank.
 
-    The dummy of an edge u→v at rank r is shared by every long edge whose source's chain
-    still has the same set of targets below r: one chain per source, and chains that carry
-    the same remaining targets merge into a bus.
+    Returns ``(chains, uses, dummies)``: ``chains[u]`` lists the dummies below source u,
+    one per rank; ``uses[(u, v)]`` is how many of them edge u→v runs through (0 for a
+    one-rank edge); ``dummies`` holds each dummy's (rank, key). All long edges of a source
+    share its chain, and the dummy at rank r is also shared with every other chain whose
+    set of targets still below r is the same.
     """
     n_real = len(rank)
     dummy_id: dict[tuple[int, Any], int] = {}
     dummies: list[tuple[int, Any]] = []
-    paths: dict[tuple[int, int], list[int]] = {}
+    chains: dict[int, list[int]] = {}
+    uses: dict[tuple[int, int], int] = {}
     long_targets: dict[int, list[int]] = {}
     for u, v in work:
-        if rank[v] - rank[u] > 1:
+        span = rank[v] - rank[u]
+        uses[(u, v)] = span - 1 if span > 1 else 0
+        if span > 1:
             long_targets.setdefault(u, []).append(v)
-        else:
-            paths[(u, v)] = [u, v]
     for u, targets in long_targets.items():
         targets = sorted(set(targets), key=lambda t: rank[t])
-        # remaining[k]: targets from k on, as a frozenset built once per suffix.
+        # remaining[k]: the targets from k on, one frozenset per suffix.
         remaining: list[frozenset] = [frozenset()] * (len(targets) + 1)
         for k in range(len(targets) - 1, -1, -1):
             remaining[k] = remaining[k + 1] | {targets[k]}
@@ -229,9 +256,8 @@ def _dummy_paths(work: list[tuple[int, int]], rank: list[int], succs: list[list[
                 d = dummy_id[key] = n_real + len(dummies)
                 dummies.append(key)
             chain.append(d)
-        for v in targets:
-            paths[(u, v)] = [u, *chain[:rank[v] - rank[u] - 1], v]
-    return paths, dummies
+        chains[u] = chain
+    return chains, uses, dummies
 
 
 def _initial_order(n_all: int, n_real: int, layer_of: list[int], down: list[list[int]]) -> list[list[int]]:
@@ -411,7 +437,7 @@ def _type1_conflicts(layers: list[list[int]], up: list[list[int]],
         last = layer[-1] if layer else None
         for i, v in enumerate(layer):
             w = next((u for u in up[v] if priority(u, v)), None)
-            k1 = pos[w] if w is not None else len(prev) - 1
+            k1 = pos[w] if w is not None else len(prev)
             if w is not None or v == last:
                 for s in layer[scan:i + 1]:
                     for u in up[s]:
@@ -426,15 +452,13 @@ def _vertical_alignment(layers: list[list[int]], nbrs: list[list[int]], conflict
                         priority: Callable[[int, int], bool], vert: str) -> tuple[list[int], list[int]]:
     """Blocks of vertically aligned nodes: each node joins its median neighbour in the
     previous rank (its priority neighbour first), never crossing an earlier alignment."""
-    n_all = sum(len(layer) for layer in layers)
-    size = max((v for layer in layers for v in layer), default=-1) + 1
+    size = len(nbrs)
     root = list(range(size))
     align = list(range(size))
     pos = [0] * size
     for layer in layers:
         for i, v in enumerate(layer):
             pos[v] = i
-    del n_all
     for layer in layers:
         prev_idx = -1
         for v in layer:

@@ -215,49 +215,134 @@ def _batch_size(inputs) -> int:
     return 1
 
 
-@contextlib.contextmanager
-def _mac_hooks(model: nn.Module):
-    """torch-pruning's own MAC counter hooks, installed on ``model`` in place.
+def _with_dim(shape: tuple, dim: int, size: int) -> tuple:
+    shape = list(shape)
+    shape[dim] = size
+    return tuple(shape)
 
-    `tp.utils.count_ops_and_params` deep-copies the model and runs a forward pass of its
-    own; on ResNet-50 that costs a third of a whole prune. These are the same per-module
-    hooks and the same sum (a counted module's children are not counted again), so the
-    count can ride along the forward pass the dependency-graph tracing makes anyway.
-    Yields a function returning the MACs counted so far; the model is left as it was.
+
+# Counted modules whose output has the channels of their input (elementwise ops and pools).
+_CHANNEL_FOLLOWERS = (nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.Upsample,
+                      nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                      nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+
+
+class _MacCounter:
+    """MACs by torch-pruning's own counter hooks, without its deep copy and extra forward pass.
+
+    These are the per-module hooks `tp.utils.count_ops_and_params` installs, summed the same
+    way (a counted module's children are not counted again). ``record()`` counts the forward
+    passes run inside it, which lets the count ride on the pass that dependency tracing
+    makes anyway, and keeps each counted call's shapes and which counted call produced its
+    input. After channel surgery ``replay()`` recounts from those shapes and the layers' new
+    channel numbers (channel pruning changes nothing else), with no forward pass at all. It
+    returns None where shapes cannot be derived so (an activation fed by an uncounted op, an
+    RNN or attention layer); the caller then counts with a real forward pass.
     """
-    mapping = {**op_counter.MODULES_MAPPING, **op_counter.CUSTOM_MODULES_MAPPING}
-    hooked, handles, saved = [], [], {}
-    for m in model.modules():
-        hook = mapping.get(type(m))
-        if hook is None:
-            continue
-        if "__flops__" in m.__dict__:
-            saved[m] = m.__dict__["__flops__"]
-        m.__flops__ = 0
-        hooked.append(m)
-        handles.append(m.register_forward_hook(hook))
 
-    def total(module: nn.Module = model) -> int:
-        if type(module) in mapping:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.hooks = {**op_counter.MODULES_MAPPING, **op_counter.CUSTOM_MODULES_MAPPING}
+        self.counted = [m for m in model.modules() if type(m) in self.hooks]
+        self.calls: list = []   # (module, input shape, output shape, index of the producing call)
+        self.replayable = True
+        self.macs = 0
+
+    def _total(self, module: nn.Module) -> int:
+        if type(module) in self.hooks:
             return module.__flops__
-        return sum(total(child) for child in module.children())
+        return sum(self._total(child) for child in module.children())
 
-    try:
-        yield total
-    finally:
-        for h in handles:
-            h.remove()
-        for m in hooked:
-            del m.__flops__
-            if m in saved:
-                m.__flops__ = saved[m]
+    @contextlib.contextmanager
+    def _flops_attributes(self):
+        """The hooks accumulate into ``module.__flops__``; set it up and leave no trace."""
+        saved = {m: m.__dict__["__flops__"] for m in self.counted if "__flops__" in m.__dict__}
+        for m in self.counted:
+            m.__flops__ = 0
+        try:
+            yield
+        finally:
+            for m in self.counted:
+                del m.__flops__
+                if m in saved:
+                    m.__flops__ = saved[m]
+
+    @contextlib.contextmanager
+    def record(self):
+        """Count, and remember the shapes of, the forward passes run inside this context."""
+        producers, alive = {}, []
+
+        def remember(module, inputs, output):
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if first is None or not isinstance(output, torch.Tensor):
+                self.replayable = False
+                return
+            self.calls.append((module, tuple(first.shape), tuple(output.shape), producers.get(id(first))))
+            producers[id(output)] = len(self.calls) - 1
+            alive.append(output)   # a live tensor's id cannot be reused by another one
+
+        handles = []
+        with self._flops_attributes():
+            try:
+                for m in self.counted:
+                    handles.append(m.register_forward_hook(self.hooks[type(m)]))
+                    handles.append(m.register_forward_hook(remember))
+                yield self
+                self.macs = self._total(self.model)
+            finally:
+                for h in handles:
+                    h.remove()
+
+    def _new_shapes(self, module, in_shape, out_shape, producer, new_out, channel_dim):
+        """(input shape, output shape, channel dim) of a recorded call after surgery, or None."""
+        if isinstance(module, nn.modules.conv._ConvNd) and len(in_shape) >= 3:
+            return _with_dim(in_shape, 1, module.in_channels), _with_dim(out_shape, 1, module.out_channels), 1
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) \
+                and len(in_shape) >= 2:
+            return _with_dim(in_shape, 1, module.num_features), _with_dim(out_shape, 1, module.num_features), 1
+        if isinstance(module, nn.GroupNorm) and len(in_shape) >= 2:
+            return _with_dim(in_shape, 1, module.num_channels), _with_dim(out_shape, 1, module.num_channels), 1
+        if isinstance(module, nn.Linear):
+            return _with_dim(in_shape, -1, module.in_features), _with_dim(out_shape, -1, module.out_features), -1
+        if isinstance(module, _CHANNEL_FOLLOWERS) and producer is not None \
+                and len(new_out[producer]) == len(in_shape) == len(out_shape):
+            dim = channel_dim[producer]
+            return new_out[producer], _with_dim(out_shape, dim, new_out[producer][dim]), dim
+        return None
+
+    def replay(self) -> Optional[int]:
+        """MACs of the model as it is now, from the recorded shapes; None if they cannot be derived."""
+        if not self.replayable or not self.calls:
+            return None
+        new_out, channel_dim = [], []
+        with self._flops_attributes():
+            for module, in_shape, out_shape, producer in self.calls:
+                shapes = self._new_shapes(module, in_shape, out_shape, producer, new_out, channel_dim)
+                if shapes is None:
+                    return None
+                new_in, out, dim = shapes
+                new_out.append(out)
+                channel_dim.append(dim)
+                # The hooks read only shapes and layer attributes, so shape-only tensors do.
+                self.hooks[type(module)](module, (torch.empty(new_in, device="meta"),),
+                                         torch.empty(out, device="meta"))
+            return self._total(self.model)
 
 
 def _count(model: nn.Module, example_inputs) -> int:
-    """MACs per example of ``model``, by torch-pruning's counter hooks, without copying it."""
-    with _mac_hooks(model) as macs, torch.no_grad():
+    """MACs per example of ``model`` with a real forward pass, by torch-pruning's counter hooks."""
+    counter = _MacCounter(model)
+    with counter.record(), torch.no_grad():
         _run_forward(model, example_inputs)
-        return int(macs() / _batch_size(example_inputs))
+    return int(counter.macs / _batch_size(example_inputs))
+
+
+def _count_after(counter: "_MacCounter", model: nn.Module, example_inputs) -> int:
+    """MACs per example after surgery: replayed from the traced shapes when possible."""
+    macs = counter.replay()
+    if macs is None:
+        return _count(model, example_inputs)
+    return int(macs / _batch_size(example_inputs))
 
 
 def _param_count(model: nn.Module) -> int:
@@ -374,10 +459,11 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     sizes_before = _layer_sizes(work)
 
     importance = criterion.make()
-    # The MACs before pruning are counted during the forward pass that tracing makes anyway.
-    with _mac_hooks(work) as traced_macs:
+    # MACs are counted on the forward pass that tracing makes anyway (see _MacCounter).
+    counter = _MacCounter(work)
+    with counter.record():
         pruner = _build_pruner(work, plan, example_inputs, importance)
-        macs_before = int(traced_macs() / _batch_size(example_inputs))
+    macs_before = int(counter.macs / _batch_size(example_inputs))
     for step in range(steps):
         token.check("pruning")
         _prepare_scores(importance, criterion, work, batches, loss_fn)
@@ -394,7 +480,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
 
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(name, True))   # surgery makes new Parameters; keep frozen layers frozen
-    params_after, macs_after = _param_count(work), _count(work, example_inputs)
+    params_after, macs_after = _param_count(work), _count_after(counter, work, example_inputs)
     work.train(was_training)
 
     sizes_after = _layer_sizes(work)
@@ -449,7 +535,9 @@ def estimate(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple[int, 
     crit = get_criterion(plan.criterion)
     importance = tp.importance.MagnitudeImportance(p=1) if crit.needs_data else crit.make()
     work = copy.deepcopy(model).eval()
-    pruner = _build_pruner(work, plan, example_inputs, importance)
+    counter = _MacCounter(work)
+    with counter.record():
+        pruner = _build_pruner(work, plan, example_inputs, importance)
     for _ in range(plan.iterative_steps):
         pruner.step()
-    return _param_count(work), _count(work, example_inputs)
+    return _param_count(work), _count_after(counter, work, example_inputs)
