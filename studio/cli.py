@@ -1,4 +1,4 @@
-"""Command-line interface: `studio inspect | prune | run | criteria`, and `studio --demo` for the GUI.
+"""Command-line interface: `studio inspect | prune | run | train | criteria`, and `studio --demo` for the GUI.
 
 Each command drives the same engine generators as the GUI and shows their events as
 progress bars. A `StudioError` is printed as one line and exits with status 2; a traceback
@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a recipe file (works under torchrun for multi-GPU fine-tuning)")
     p.add_argument("recipe")
+    p.add_argument("--out", required=True, help="new run folder")
+
+    p = sub.add_parser("train", help="train a model from scratch or continue from its weights")
+    p.add_argument("model", help="model spec, e.g. cifar:resnet20 or a studio checkpoint to continue from")
+    p.add_argument("--arch", help="architecture for a state_dict file")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--data", required=True, help="dataset folder/spec with a training split")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--schedule", default="onecycle", choices=["cosine", "onecycle", "constant"])
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-steps", type=int, help="limit steps per epoch (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="new run folder")
 
     sub.add_parser("criteria", help="list the pruning criteria")
@@ -175,6 +192,32 @@ def cmd_run(args) -> int:
     return _run_job(load_recipe(args.recipe), args.out)
 
 
+def cmd_train(args) -> int:
+    from studio.engine.events import run_to_end
+    from studio.engine.jobs import run_training
+    from studio.engine.training import TrainConfig, cleanup_distributed, is_main_process
+    from studio.progress import TerminalProgress
+
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+                      schedule=args.schedule, weight_decay=args.weight_decay,
+                      label_smoothing=args.label_smoothing, device=args.device, seed=args.seed,
+                      max_steps_per_epoch=args.max_steps)
+    cfg.validate()
+    show = TerminalProgress(enabled=is_main_process())
+    try:
+        result = run_to_end(run_training(args.model, args.data, cfg, args.out, arch=args.arch,
+                                         num_classes=args.num_classes), show)
+    finally:
+        show.close()
+        cleanup_distributed()
+    if result.run_dir is not None:
+        final = result.metrics.get("final") or {}
+        if final:
+            print(f"top-1 {final['top1'] * 100:.2f}%  top-5 {final['top5'] * 100:.2f}%")
+        print(f"run folder: {result.run_dir}  (model.ckpt.pt)")
+    return 0
+
+
 def cmd_criteria(args) -> int:
     from studio.engine.criteria import CRITERIA
     for c in CRITERIA.values():
@@ -205,7 +248,8 @@ def _run_demo_headless() -> int:
     return _run_job(recipe, out + "/run")
 
 
-COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "criteria": cmd_criteria}
+COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "train": cmd_train,
+            "criteria": cmd_criteria}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

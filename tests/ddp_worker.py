@@ -14,7 +14,8 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from studio.engine.events import EpochEnd, TrainStep, run_to_end
-from studio.engine.training import TrainConfig, cleanup_distributed, init_distributed, train
+from studio.engine.metrics import measure
+from studio.engine.training import TrainConfig, cleanup_distributed, evaluate, init_distributed, train
 
 
 def main(out_dir: Path) -> None:
@@ -31,12 +32,18 @@ def main(out_dir: Path) -> None:
     events: list = []
     result = run_to_end(train(model, train_set, val_set, cfg, token=None), events.append)
     state = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
+    alone = run_to_end(evaluate(model, val_set))                      # each rank on its own
+    shared = run_to_end(evaluate(model, val_set, distributed=True))   # split over the ranks
+    # As the job runner does: only rank 0 measures, the other ranks must not be needed.
+    measured = run_to_end(measure(model, (3, 6, 6), eval_set=val_set)) if rank == 0 else None
     record = {
         "rank": rank, "world_size": world, "initial": initial, "state": state,
         "train_steps": sum(isinstance(e, TrainStep) for e in events),
         "epoch_ends": sum(isinstance(e, EpochEnd) for e in events),
         "val_samples": result.final.samples, "val_top1": result.final.top1,
         "train_loss": result.history[-1]["train_loss"],
+        "alone": alone.to_dict(), "shared": shared.to_dict(),
+        "measured_top1": measured.top1 if measured else None,
     }
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
     cleanup_distributed()

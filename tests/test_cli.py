@@ -66,7 +66,7 @@ def test_criteria_lists_the_registry(capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["inspect", "no/such/model.pt"], "not found"),
+    (["inspect", "no/such/model.pt"], "No model file"),
     (["prune", "cifar:resnet20", "--rate", "1.5", "--out", "OUT"], "rate"),
     (["prune", "cifar:resnet20", "--criterion", "magic", "--out", "OUT"], "magic"),
     (["run", "missing-recipe.json", "--out", "OUT"], "not found"),

@@ -15,7 +15,8 @@ from torch.nn.utils import prune as torch_prune
 from studio.engine.criteria import CRITERIA, HRankImportance, SlGammaImportance, get_criterion
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, Log, Phase, Progress, run_to_end
-from studio.engine.pruning import (PruningPlan, channel_importance, estimate, find_classifier, prune)
+from studio.engine.pruning import (PruningPlan, _build_pruner, _MacCounter, channel_importance, estimate,
+                                   find_classifier, prune)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -228,9 +229,10 @@ def test_rate_zero_keeps_the_output_exactly(net):
 
 def test_training_mode_is_kept_and_batchnorm_statistics_untouched():
     model = make("resnet").train()
+    model.stem_bn.eval()   # a frozen BatchNorm inside a training model
     before = snapshot(model)
     result, _ = run(model, PruningPlan(criterion="hrank", rate=0.0), calibration=calibration())
-    assert model.training and result.model.training
+    assert model.training and result.model.training and not result.model.stem_bn.training
     assert same_state(result.model, before), "tracing or calibration updated BatchNorm running statistics"
 
 
@@ -322,6 +324,40 @@ def test_estimate_matches_the_real_prune():
 
 
 @pytest.mark.parametrize("net", NETS)
+def test_macs_replayed_from_traced_shapes_match_torch_pruning(net):
+    model = make(net)
+    counter = _MacCounter(model)
+    with counter.record():
+        pruner = _build_pruner(model, PruningPlan(rate=0.5), example(), tp.importance.MagnitudeImportance(p=1))
+    assert counter.macs == tp.utils.count_ops_and_params(model, example())[0]
+    pruner.step()
+    assert counter.replay() == tp.utils.count_ops_and_params(model, example())[0]
+    assert not any("__flops__" in m.__dict__ for m in model.modules()), "counter attributes left behind"
+
+
+class PoolAfterFunctionalRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_macs_fall_back_to_a_real_count_when_shapes_cannot_be_replayed():
+    model = PoolAfterFunctionalRelu().eval()
+    counter = _MacCounter(model)
+    with counter.record():
+        model(example())
+    assert counter.replay() is None    # the pool's input comes from an op that is not counted
+    result, _ = run(model, PruningPlan(rate=0.5))
+    assert result.model.conv.out_channels == 4
+    assert result.macs_after == tp.utils.count_ops_and_params(result.model, example())[0]
+
+
+@pytest.mark.parametrize("net", NETS)
 def test_find_classifier(net):
     assert find_classifier(make(net)) == HEADS[net]
     assert find_classifier(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 10, 1))) == "2"
@@ -371,6 +407,20 @@ def test_hrank_scores_by_hand():
     # channel 2 is all zeros (rank 0); channel 3 is negative, so zero after the ReLU (rank 0)
     assert scores.tolist() == [8.0, 1.0, 0.0, 0.0]
     assert HRankImportance.channel_ranks(torch.zeros(2, 3, 4, 4)).sum() == 0
+
+
+def test_channel_importance_covers_the_whole_group_and_names_problems():
+    model = make("resnet")
+    before = snapshot(model)
+    scores = channel_importance(model, "block1.conv2", "taylor", example(), calibration=calibration())
+    assert scores.shape == (32,) and (scores >= 0).all()
+    assert same_state(model, before) and all(p.grad is None for p in model.parameters())
+    with pytest.raises(StudioError, match="nothing to score in the group of layer 'classifier.1'"):
+        channel_importance(make("vgg"), "classifier.1", "bn_scale", example())   # no BatchNorm after it
+    with pytest.raises(StudioError, match="'block1.conv1'"):
+        channel_importance(model, "block1.conv", "l1", example())
+    with pytest.raises(StudioError, match="no channels to score"):
+        channel_importance(model, "block1.bn1", "l1", example())
 
 
 def test_hrank_follows_a_reused_inplace_relu():

@@ -868,7 +868,8 @@ def _places(view: "_AutogradView", fns: list, limit: int = 3) -> str:
     """'after 'a', 'b' and 5 more places' for a message about several autograd nodes."""
     spots: list[str] = []
     for f in fns:
-        spot = " and ".join(f"'{n}'" for n in view.near(f))
+        # One place may have two feeding layers; in a list of places the first one is enough.
+        spot = " and ".join(f"'{n}'" for n in view.near(f, limit=1 if len(fns) > 1 else 2))
         if spot not in spots:
             spots.append(spot)
     text = "after " + ", ".join(spots[:limit])

@@ -228,3 +228,65 @@ def _run(recipe, staging, token, loaded, bundle, started):
         write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         write_report(staging)
     return RunResult(run_dir=None, metrics=metrics, model=model)
+
+
+def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optional[str] = None,
+                 num_classes: Optional[int] = None, token: Optional[CancelToken] = None
+                 ) -> Generator[object, None, RunResult]:
+    """Train a model from scratch (or continue from its weights) and write a run folder.
+
+    The folder holds `training.json` (what was asked), `metrics.json` (per-epoch history and
+    final accuracy) and `model.ckpt.pt`, a checkpoint that `load_model` opens with
+    `weights_only=True`. Like `run_recipe`, nothing is left behind on failure or cancel.
+    """
+    from studio.engine.export import save_checkpoint
+
+    token = token or CancelToken()
+    started = time.perf_counter()
+    main = is_main_process()
+    out_dir = Path(out_dir)
+    staging = prepare_run_folder(out_dir) if main else None
+    try:
+        yield Phase("analyse", "Loading the model and data")
+        loaded = load_model(model_spec, arch=arch, num_classes=num_classes)
+        if loaded.arch is None:
+            raise StudioError(f"{model_spec} has no rebuildable architecture name, so its checkpoint could not be reopened.",
+                              "Train a cifar:/torchvision: model, or a .pt checkpoint written by the studio.")
+        input_size = tuple(loaded.input_size)
+        bundle = load_data(data_spec, input_size=input_size, channels=input_size[0])
+        check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
+        if bundle.train is None:
+            raise StudioError(f"{data_spec} has no training split.", "Use data with a train/ folder.")
+        yield Log(f"Model: {loaded.summary()}")
+        yield Log(f"Data: {bundle.summary()}")
+        model = copy.deepcopy(loaded.module)
+        result = yield from train(model, bundle.train, bundle.val, cfg, phase="train", token=token)
+        model = model.cpu().eval()
+        metrics = {}
+        if main:
+            yield Phase("report", "Writing the run folder")
+            final = result.final.to_dict() if result.final is not None else None
+            note = (f"trained by `studio train` for {cfg.epochs} epochs on {bundle.summary()}; "
+                    f"top-1 {final['top1'] * 100:.2f}%" if final else f"trained for {cfg.epochs} epochs")
+            save_checkpoint(staging / "model.ckpt.pt", model, arch=loaded.arch, num_classes=loaded.num_classes,
+                            input_size=input_size, pruning_history=[], trained=True, note=note)
+            metrics = {"studio_version": studio.__version__,
+                       "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "wall_seconds": round(time.perf_counter() - started, 2),
+                       "model": {"spec": model_spec, "arch": loaded.arch, "num_classes": loaded.num_classes,
+                                 "input_size": list(input_size), "params": sum(p.numel() for p in model.parameters())},
+                       "data": {"spec": data_spec, "summary": bundle.summary()},
+                       "final": final, "images_per_s": result.images_per_s,
+                       "history": {"train": result.history}}
+            write_text(staging / "training.json", json.dumps(
+                {"model": model_spec, "arch": arch, "num_classes": num_classes, "data": data_spec,
+                 "train": cfg.to_dict()}, indent=2) + "\n")
+            write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(staging, out_dir)
+            yield Log(f"Run folder written: {out_dir}")
+        return RunResult(run_dir=out_dir if main else None, metrics=metrics, model=model)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

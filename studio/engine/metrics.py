@@ -297,6 +297,7 @@ def measure(model: nn.Module, input_size: Sequence[int], *, device: Any = "cpu",
     if eval_set is not None:
         token.check("measure")
         m.to(dev)
+        # Measuring runs on one process (rank 0 under torchrun): no sharding, no all-reduce.
         loader = _eval_source(eval_set, 256, dev)
         acc: EvalResult = yield from _eval_loop(m, loader, dev, token, eval_batches, "measure", 256)
         top1, top5 = acc.top1, acc.top5

@@ -8,9 +8,9 @@ stay consistent. The user's model is never touched: everything happens on a deep
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import contextlib
 import difflib
 from dataclasses import dataclass, field
 from numbers import Real
@@ -183,6 +183,7 @@ class LayerChange:
 
 @dataclass
 class PruneResult:
+    """What `prune` returns. Counts are per example, by torch-pruning's counter."""
     model: nn.Module                  # the slimmed copy
     layers: list                      # LayerChange per conv/linear layer
     params_before: int
@@ -391,8 +392,7 @@ def _prepare_scores(importance, criterion: Criterion, model: nn.Module, batches:
         importance.collect(model, batches)
 
 
-def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance,
-                  forward_fn: Optional[Callable] = None) -> tp.pruner.BasePruner:
+def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance) -> tp.pruner.BasePruner:
     modules = dict(work.named_modules())
     ignored = [modules[name] for name in plan.protected]
     head = find_classifier(work)
@@ -405,7 +405,9 @@ def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance
                 global_pruning=plan.global_ranking, pruning_ratio=plan.rate,
                 pruning_ratio_dict={modules[n]: r for n, r in plan.layer_rates.items()},
                 ignored_layers=ignored, round_to=plan.round_to, iterative_steps=plan.iterative_steps,
-                forward_fn=forward_fn or (lambda model, inputs: _run_forward(model, inputs)))
+                # Our own forward: torch-pruning first tries model(*tensor), which runs a batch-1
+                # input unbatched until some layer rejects it.
+                forward_fn=lambda model, inputs: _run_forward(model, inputs))
     except StudioError:
         raise
     except Exception as exc:  # tracing a user's model can fail on ops torch-pruning does not know
@@ -451,7 +453,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     token.check("pruning")
 
     work = copy.deepcopy(model)
-    was_training = model.training
+    modes = {name: m.training for name, m in work.named_modules()}
     work.eval()   # tracing and calibration must not update BatchNorm statistics
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
     batches = _take_batches(calibration, max_batches, _device_of(work)) if criterion.needs_data else []
@@ -481,7 +483,8 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     for name, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(name, True))   # surgery makes new Parameters; keep frozen layers frozen
     params_after, macs_after = _param_count(work), _count_after(counter, work, example_inputs)
-    work.train(was_training)
+    for name, m in work.named_modules():
+        m.training = modes.get(name, m.training)   # e.g. a BatchNorm kept frozen in eval mode stays so
 
     sizes_after = _layer_sizes(work)
     layers = [LayerChange(name, kind, ch, sizes_after[name][1], n, sizes_after[name][2])

@@ -112,6 +112,7 @@ class Recipe:
 
     def validate(self) -> None:
         """Check what can be checked without loading the model (plan vs. layers is checked at run time)."""
+        self.plan.check()
         bad = [f for f in self.exports if f not in EXPORT_FORMATS]
         if bad:
             raise StudioError(f"Unknown export format(s): {', '.join(bad)}.",

@@ -175,11 +175,11 @@ def is_main_process() -> bool:
     return True
 
 
-def init_distributed() -> tuple[int, int]:
+def init_distributed(backend: Optional[str] = None) -> tuple[int, int]:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1; return ``(rank, world_size)``.
 
-    Uses NCCL when CUDA is available (one GPU per local rank) and gloo otherwise. Outside
-    torchrun this does nothing and returns ``(0, 1)``.
+    ``backend`` defaults to NCCL when CUDA is available (one GPU per local rank) and gloo
+    otherwise. Outside torchrun this does nothing and returns ``(0, 1)``.
     """
     dist = torch.distributed
     if not dist.is_available():
@@ -188,12 +188,10 @@ def init_distributed() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     if _dist_env_world_size() <= 1:
         return 0, 1
-    if torch.cuda.is_available():
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        backend = "nccl"
-    else:
-        backend = "gloo"
     try:
         dist.init_process_group(backend=backend)
     except (RuntimeError, ValueError) as exc:
@@ -412,9 +410,13 @@ class _StepStats:
 # --------------------------------------------------------------------------- evaluation
 
 def _eval_loop(model: nn.Module, loader: Any, device: torch.device, token: CancelToken,
-               max_batches: Optional[int], phase: str,
-               batch_size: int) -> Generator[Any, None, EvalResult]:
-    """Evaluate ``model`` over ``loader``; sums are all-reduced under DDP. Yields Progress."""
+               max_batches: Optional[int], phase: str, batch_size: int,
+               distributed: bool = False) -> Generator[Any, None, EvalResult]:
+    """Evaluate ``model`` over ``loader``; yields Progress.
+
+    With ``distributed`` every rank must call this on its share of the data: the sums are
+    all-reduced so each rank returns the numbers of the whole set.
+    """
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -453,7 +455,7 @@ def _eval_loop(model: nn.Module, loader: Any, device: torch.device, token: Cance
     finally:
         net.train(was_training)
     totals = torch.cat((sums, torch.tensor([float(samples)], dtype=torch.float64, device=device)))
-    if is_distributed():
+    if distributed:
         torch.distributed.all_reduce(totals)
     loss, top1, top5, n = totals.tolist()
     n = int(round(n))
@@ -462,11 +464,12 @@ def _eval_loop(model: nn.Module, loader: Any, device: torch.device, token: Cance
     return EvalResult(top1=top1 / n, top5=top5 / n, loss=loss / n, samples=n)
 
 
-def _eval_source(data: Any, batch_size: int, device: torch.device, workers: int = 0) -> Any:
-    """A loader for evaluation; under DDP each rank reads its own disjoint share of a dataset."""
+def _eval_source(data: Any, batch_size: int, device: torch.device, workers: int = 0,
+                 shard: bool = False) -> Any:
+    """A loader for evaluation; with ``shard`` each DDP rank reads its own disjoint share of a dataset."""
     if isinstance(data, DataLoader) or not isinstance(data, Dataset):
         return data
-    if is_distributed():
+    if shard:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         data = Subset(data, range(rank, len(data), world))
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -475,11 +478,13 @@ def _eval_source(data: Any, batch_size: int, device: torch.device, workers: int 
 
 def evaluate(model: nn.Module, dataset_or_loader: Any, *, device: Any = None, batch_size: int = 256,
              token: Optional[CancelToken] = None, max_batches: Optional[int] = None,
-             phase: str = "evaluate") -> Generator[Any, None, EvalResult]:
+             phase: str = "evaluate", distributed: bool = False) -> Generator[Any, None, EvalResult]:
     """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` on a dataset or DataLoader.
 
     The model's weights are not changed and its train/eval mode is restored afterwards;
     when ``device`` is given the model is moved there. Yields `Phase` and `Progress`.
+    Under torchrun, ``distributed=True`` splits a dataset over the ranks (every rank must
+    then call this); by default each process evaluates all of it on its own.
     """
     token = token or NEVER_CANCELLED
     _check_not_empty(dataset_or_loader, "evaluation")
@@ -487,8 +492,9 @@ def evaluate(model: nn.Module, dataset_or_loader: Any, *, device: Any = None, ba
     if _model_device(model) != dev:
         model.to(dev)
     yield Phase(phase)
-    loader = _eval_source(dataset_or_loader, batch_size, dev)
-    result = yield from _eval_loop(model, loader, dev, token, max_batches, phase, batch_size)
+    distributed = distributed and is_distributed()
+    loader = _eval_source(dataset_or_loader, batch_size, dev, shard=distributed)
+    result = yield from _eval_loop(model, loader, dev, token, max_batches, phase, batch_size, distributed)
     return result
 
 
@@ -500,16 +506,17 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     """Train ``model`` in place with ``cfg``; yield progress events and return a `TrainResult`.
 
     ``loaders`` = ``(train_loader, val_loader_or_None)`` replaces the loaders built from
-    ``train_set`` / ``val_set``. The model stays on the training device and is left in
+    ``train_set`` / ``val_set`` (under DDP the caller then shards them; validation sums
+    are still all-reduced). The model stays on the training device and is left in
     eval mode. `token.check()` runs before every batch: pause blocks, cancel raises.
     """
     cfg.validate()
     token = token or NEVER_CANCELLED
     t_start = time.perf_counter()
-    rank, world = init_distributed()
+    device = select_device(cfg.device)
+    rank, world = init_distributed("nccl" if device.type == "cuda" else "gloo")
     distributed = world > 1
     main = rank == 0
-    device = select_device(cfg.device)
     seed_everything(cfg.seed)
 
     # Validation uses the training batch size, so lowering it also cures an out-of-memory there.
@@ -526,7 +533,7 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
         val_loader = None
         if val_set is not None:
             _check_not_empty(val_set, "validation")
-            val_loader = _eval_source(val_set, eval_batch, device, cfg.workers)
+            val_loader = _eval_source(val_set, eval_batch, device, cfg.workers, shard=distributed)
     steps_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -660,7 +667,8 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
             last = epoch == cfg.epochs - 1
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
                 _sync_buffers(net)
-                val = yield from _eval_loop(net, val_loader, device, token, None, phase, eval_batch)
+                val = yield from _eval_loop(net, val_loader, device, token, None, phase, eval_batch,
+                                            distributed)
                 final = val
             end = EpochEnd(phase, epoch, cfg.epochs, train_loss, train_acc,
                            val.loss if val else None, val.top1 if val else None,
@@ -671,7 +679,8 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
                 yield end
         _sync_buffers(net)
         if cfg.epochs == 0 and val_loader is not None:
-            final = yield from _eval_loop(net, val_loader, device, token, None, phase, eval_batch)
+            final = yield from _eval_loop(net, val_loader, device, token, None, phase, eval_batch,
+                                          distributed)
     finally:
         model.eval()
     return TrainResult(history=history, final=final, seconds=time.perf_counter() - t_start,
