@@ -7,6 +7,7 @@ where that file is absent, as on a user's clone.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -15,8 +16,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TEN_CLASSES = [f"class{i}" for i in range(10)]
+
+# One torch thread per process: the suite runs tiny models on 2-core CI machines, where a
+# second thread mostly spins against subprocesses (CLI, torchrun) and slows runs several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 SHARED_CIFAR_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 

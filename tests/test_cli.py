@@ -5,25 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import TEN_CLASSES
 from studio.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_imagefolder(root: Path, classes=10, train=6, val=3, size=32) -> Path:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("val", val)):
-        for c in range(classes):
-            folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((size, size, 3)) * 60 + c * 19).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 def studio_cmd(*args, cwd=None, env_extra=None, module_runner=None):
@@ -32,8 +19,8 @@ def studio_cmd(*args, cwd=None, env_extra=None, module_runner=None):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=600)
 
 
-def test_prune_end_to_end_on_an_imagefolder(tmp_path, capsys):
-    data = make_imagefolder(tmp_path / "data")
+def test_prune_end_to_end_on_an_imagefolder(tmp_path, capsys, make_imagefolder):
+    data = make_imagefolder("data", classes=TEN_CLASSES, per_class=6)
     out = tmp_path / "run"
     code = main(["prune", "cifar:resnet20", "--criterion", "taylor", "--rate", "0.4",
                  "--layer-rate", "layer1.0.conv1=0.25", "--protect", "conv1",
@@ -86,8 +73,8 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" in proc.stderr
 
 
-def test_run_under_torchrun_with_two_gloo_processes(tmp_path):
-    data = make_imagefolder(tmp_path / "data", train=8, val=2)
+def test_run_under_torchrun_with_two_gloo_processes(tmp_path, make_imagefolder):
+    data = make_imagefolder("data", classes=TEN_CLASSES, per_class=8)
     recipe = {"model": {"spec": "cifar:resnet20"},
               "data": {"spec": str(data), "batch_size": 8, "calibration_batches": 1},
               "plan": {"criterion": "l1", "rate": 0.3},

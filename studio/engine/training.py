@@ -169,10 +169,14 @@ def is_distributed() -> bool:
 
 
 def is_main_process() -> bool:
-    """True on rank 0, and in any process that is not part of a process group."""
+    """True on rank 0, and in any process that is not part of a process group.
+
+    Before the group is initialised, torchrun's RANK variable decides, so that a job can
+    choose its writer (and its run folder) before training starts the group.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
-    return True
+    return os.environ.get("RANK", "0") == "0"
 
 
 def init_distributed(backend: Optional[str] = None) -> tuple[int, int]:
