@@ -50,15 +50,6 @@ class NeedsArgs(nn.Module):
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Test tensors are tiny: extra threads only fight other processes for the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

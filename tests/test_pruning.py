@@ -19,16 +19,6 @@ from studio.engine.pruning import (PruningPlan, _build_pruner, _MacCounter, chan
                                    find_classifier, prune)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convs gain nothing from intra-op threads, and on a busy machine idle-spinning
-    # threads make them many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- tiny nets
 class Block(nn.Module):
     def __init__(self, cin, cout, stride):

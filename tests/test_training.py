@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads; on a shared machine extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_data(n: int, seed: int = 0, noise: float = 1.0) -> TensorDataset:
     """Class-dependent random templates plus noise: learnable, but not at a glance."""
     g = torch.Generator().manual_seed(1234)           # the same templates for every split
