@@ -1,0 +1,62 @@
+"""The shipped demo: its data subset builder is deterministic, and the demo model scores what its card says."""
+import importlib.util
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.engine.data import load_data
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "resources" / "demo"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_subset", DEMO / "build_subset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_cifar_tar(path: Path, per_class_train=6, per_class_test=3) -> Path:
+    """A tiny archive in the layout of cifar10-jpg.tar.gz (cifar10/<split>/<class>/<n>.jpg)."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, count in (("train", per_class_train), ("test", per_class_test)):
+            for c, cls in enumerate(("cat", "dog", "ship")):
+                for i in range(count):
+                    buf = io.BytesIO()
+                    pixels = (rng.random((32, 32, 3)) * 80 + c * 60).astype(np.uint8)
+                    Image.fromarray(pixels).save(buf, format="JPEG", quality=75)
+                    info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{i:04d}.jpg")
+                    info.size = len(buf.getvalue())
+                    tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return path
+
+
+def test_subset_builder_is_deterministic_and_stratified(tmp_path):
+    builder = load_builder()
+    tar = fake_cifar_tar(tmp_path / "c.tar.gz")
+    a = builder.build(tar, tmp_path / "a.npz", train_per_class=4, test_per_class=2, seed=3)
+    b = builder.build(tar, tmp_path / "b.npz", train_per_class=4, test_per_class=2, seed=3)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert a["train"] == 12 and a["test"] == 6
+    c = builder.build(tar, tmp_path / "c.npz", train_per_class=4, test_per_class=2, seed=4)
+    assert (tmp_path / "c.npz").read_bytes() != (tmp_path / "a.npz").read_bytes()
+
+    bundle = load_data(str(tmp_path / "a.npz"))
+    assert bundle.class_names == ["cat", "dog", "ship"]
+    assert np.bincount(bundle.train.labels.numpy()).tolist() == [4, 4, 4]
+    assert len(bundle.val) == 6 and bundle.input_size == (3, 32, 32)
+
+
+def test_shipped_subset_is_small_and_complete():
+    size = sum(p.stat().st_size for p in DEMO.iterdir() if p.is_file())
+    assert size <= 10 * 1024 * 1024, f"resources/demo holds {size / 1e6:.1f} MB, over the 10 MB budget"
+    bundle = load_data("demo")
+    assert bundle.num_classes == 10 and len(bundle.train) == 5000 and len(bundle.val) == 1000
+    assert np.bincount(bundle.val.labels.numpy()).tolist() == [100] * 10
