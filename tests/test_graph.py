@@ -159,6 +159,25 @@ class Branchy(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+class _Pair(nn.Module):
+    """A leaf returning (tensor, None), like nn.MultiheadAttention with need_weights=False."""
+
+    def forward(self, x):
+        return x * 2, None
+
+
+class TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.pair = _Pair()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y, _ = self.pair(self.conv(x))
+        return self.fc(y.mean((2, 3)))
+
+
 def edges_of(lg):
     return set(lg.graph.edges)
 
@@ -248,6 +267,14 @@ def test_vgg_flatten_linear_and_classifier():
     assert "classifier.3" not in lg.prunable and not lg.node("classifier.3")["prunable"]
     assert lg.prunable == ["features.0", "classifier.0"]
     assert lg.graph.edges["features.2", "flatten"]["shape"] == (8, 4, 4)
+
+
+def test_tuple_output_layer_keeps_its_node():
+    lg = build_graph(TupleOut(), (3, 8, 8))
+    assert edges_of(lg) == {("input", "conv"), ("conv", "pair"), ("pair", "mean"), ("mean", "fc"),
+                            ("fc", "output")}
+    assert lg.node("pair")["out_shape"] == (4, 8, 8)
+    assert lg.graph.edges["pair", "mean"]["shape"] == (4, 8, 8)
 
 
 def test_model_is_not_touched():

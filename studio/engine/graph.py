@@ -77,21 +77,27 @@ def _shadow(model: nn.Module, meta: bool) -> nn.Module:
     layer even when the user froze some of them.
     """
     memo: dict[int, Any] = {}
-    for p in model.parameters():
-        t = torch.empty_like(p, device="meta") if meta else p.detach().to("cpu", copy=True)
-        memo[id(p)] = nn.Parameter(t, requires_grad=t.is_floating_point())
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta") if meta else b.detach().to("cpu", copy=True)
     try:
+        for p in model.parameters():
+            t = torch.empty_like(p, device="meta") if meta else p.detach().to("cpu", copy=True)
+            memo[id(p)] = nn.Parameter(t, requires_grad=t.is_floating_point())
+        for b in model.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta") if meta else b.detach().to("cpu", copy=True)
         shadow = copy.deepcopy(model, memo)
     except Exception as exc:  # noqa: BLE001 - any failure means the model cannot be analysed
-        raise StudioError(f"The model cannot be copied for analysis ({type(exc).__name__}: {exc}).",
-                          "Remove unpicklable attributes (open files, locks, lambdas) from the model.") from exc
+        raise StudioError(f"The model cannot be copied for analysis ({type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0][:160]}).",
+                          "Remove uncopyable attributes (open files, locks) and run one forward pass "
+                          "first if the model has lazy layers.") from exc
     return shadow.eval()
 
 
-def _example(input_size: tuple[int, ...], meta: bool, requires_grad: bool = False) -> torch.Tensor:
-    x = torch.empty((1, *input_size), device="meta") if meta else torch.randn(1, *input_size)
+def _example(shadow: nn.Module, input_size: tuple[int, ...], meta: bool,
+             requires_grad: bool = False) -> torch.Tensor:
+    """A batch of one input in the dtype of the model's weights (fp16 models get fp16)."""
+    dtype = next((p.dtype for p in shadow.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.empty((1, *input_size), device="meta", dtype=dtype) if meta \
+        else torch.randn(1, *input_size).to(dtype)
     return x.requires_grad_(requires_grad)
 
 
@@ -215,20 +221,36 @@ def _meta_make(spec: Any) -> Any:
 
 
 _TP_PATCH_LOCK = threading.Lock()
+# Index budget for listing one model's groups. Real CNNs stay far below: DenseNet-201 maps
+# 2.6 M indices in total and its largest step is 0.03 M (VGG's flatten); transformers can
+# make torch-pruning's lists grow without bound instead.
+_MAX_STEP_INDICES = 1_000_000
+_MAX_TOTAL_INDICES = 10_000_000
+
+
+class _TooManyIndices(Exception):
+    """torch-pruning's index mapping ran away (it multiplies through chains of reshapes)."""
 
 
 @contextlib.contextmanager
-def _index_mapping_once(dg: Any) -> Iterator[None]:
-    """Stop ``dg`` from recomputing its index mappings for every group it lists.
+def _tp_guards(dg: Any) -> Iterator[None]:
+    """Make listing ``dg``'s groups fast and bounded.
 
     torch-pruning's get_pruning_group refreshes the index mapping of the whole graph each
-    time (needed after pruning, not while only listing groups). On DenseNet-201 that is
-    quadratic and took ~45 s. The mapping cannot change between two reads, so skipping the
-    refresh for this one graph gives identical groups; other graphs still get the real call.
+    time (needed after pruning, not while only listing groups); on DenseNet-201 that is
+    quadratic and took ~45 s. The mapping cannot change between two reads, so for this
+    graph the refresh is skipped (other graphs still get the real call), which gives
+    identical groups. On models such as Swin or MaxViT its index lists multiply through
+    reshapes until memory runs out; an index budget turns that into a clear failure.
     """
     from torch_pruning.dependency import graph as tp_graph
+    from torch_pruning.dependency import index_mapping as tp_mapping
 
     real = tp_graph.index_mapping
+    mappings = [c for c in vars(tp_mapping).values()
+                if isinstance(c, type) and c.__name__.endswith("IndexMapping") and "__call__" in vars(c)]
+    originals = {c: c.__call__ for c in mappings}
+    used = [0]
 
     class _Once:
         def __getattr__(self, name: str) -> Any:
@@ -239,12 +261,28 @@ def _index_mapping_once(dg: Any) -> Iterator[None]:
             if graph is not dg:
                 real.update_index_mapping(graph)
 
+    def guarded(cls: type) -> Callable:
+        call = originals[cls]
+
+        def wrapper(self: Any, idxs: Any) -> Any:
+            # A forward flatten mapping turns each index into `stride` indices: check first.
+            grow = max(1, int(getattr(self, "_stride", 1))) if not getattr(self, "reverse", True) else 1
+            used[0] += len(idxs) * grow
+            if len(idxs) * grow > _MAX_STEP_INDICES or used[0] > _MAX_TOTAL_INDICES:
+                raise _TooManyIndices()
+            return call(self, idxs)
+        return wrapper
+
     with _TP_PATCH_LOCK:  # build_dependency has just computed the mapping once
         tp_graph.index_mapping = _Once()
+        for cls in mappings:
+            cls.__call__ = guarded(cls)
         try:
             yield
         finally:
             tp_graph.index_mapping = real
+            for cls, call in originals.items():
+                cls.__call__ = call
 
 
 class _Shadows:
@@ -382,7 +420,7 @@ def _first(v: Any) -> int:
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-def _module_label(m: nn.Module, out_shape: Optional[tuple]) -> str:
+def _module_label(m: nn.Module) -> str:
     cls = type(m).__name__
     if isinstance(m, nn.modules.conv._ConvNd):
         dw = m.groups == m.in_channels == m.out_channels and m.groups > 1
@@ -477,8 +515,9 @@ class _ShapeInterpreter(fx.Interpreter):
         result = super().run_node(n)
         if isinstance(result, torch.Tensor):
             self.values[n] = tuple(result.shape)
-        elif isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
-            self.values[n] = [tuple(r.shape) for r in result]
+        elif isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+            # e.g. MultiheadAttention's (output, None): items are picked by getitem later
+            self.values[n] = [tuple(r.shape) if isinstance(r, torch.Tensor) else None for r in result]
         return result
 
     def call_module(self, target, args, kwargs):
@@ -529,8 +568,12 @@ def _fx_graph(gm: fx.GraphModule, shapes: dict[fx.Node, Any]) -> nx.DiGraph:
         if isinstance(s, tuple):
             return s[1:]
         if isinstance(s, list):
-            return [i[1:] for i in s]
+            return [i[1:] if i is not None else None for i in s]
         return None
+
+    def first(s: Any) -> Any:
+        """The shape of a tensor, or of the first tensor of a tuple output."""
+        return next((i for i in s if i is not None), None) if isinstance(s, list) else s
 
     def sources(n: fx.Node) -> list[tuple[fx.Node, Any]]:
         """Kept fx nodes feeding ``n`` with the shape on each edge, following folds."""
@@ -541,8 +584,7 @@ def _fx_graph(gm: fx.GraphModule, shapes: dict[fx.Node, Any]) -> nx.DiGraph:
             if a in alias:
                 found.append(alias[a])
             elif a in key_of:
-                s = batchless(a)
-                found.append((a, s[0] if isinstance(s, list) else s))
+                found.append((a, first(batchless(a))))
         return found
 
     def tensor_args(n: fx.Node) -> list[fx.Node]:
@@ -564,7 +606,6 @@ def _fx_graph(gm: fx.GraphModule, shapes: dict[fx.Node, Any]) -> nx.DiGraph:
                        module=None)
             continue
         if n.op == "get_attr":
-            t = shapes.get(n)
             obj = _fetch(gm, n.target)
             if isinstance(obj, nn.Parameter):
                 attr_params[n] = obj.numel()
@@ -596,20 +637,20 @@ def _fx_graph(gm: fx.GraphModule, shapes: dict[fx.Node, Any]) -> nx.DiGraph:
                 continue
         srcs = sources(n)
         first_shape = srcs[0][1] if srcs else None
-        out_shape = shape[0] if isinstance(shape, list) else shape
+        out_shape = first(shape)
         if n.op == "call_module":
             m = modules[n.target]
             count = calls.get(n.target, 0)
             calls[n.target] = count + 1
             key = _unique(n.target, g)
             attrs = dict(name=key, op="module", type=type(m).__name__, category=_module_category(m),
-                         out_shape=out_shape, label=_module_label(m, out_shape), module=n.target,
+                         out_shape=out_shape, label=_module_label(m), module=n.target,
                          **_module_facts(m, first_shape, out_shape, first_call=count == 0))
             if count:
                 attrs["label"] += " (shared)"
         else:
             key = _unique(n.name, g)
-            n_tensors = len(tensor_args(n))
+            n_tensors = len(srcs)   # data inputs; a parameter added in (x + pos_embed) is no merge
             macs = 0
             extra_params = 0
             for a in tensor_args(n):
@@ -955,7 +996,7 @@ def _changes_channels(f: Any) -> bool:
 
 
 def _is_channel_shuffle(view: _AutogradView, f: Any) -> bool:
-    """view/reshape that splits channels → transpose/permute → view/reshape that merges them."""
+    """view that splits the channel dim in two → swap of those two dims → view merging them."""
     def through(g: Any, step: Callable[[Any], list]) -> Optional[Any]:
         for _ in range(3):
             nxt = step(g)
@@ -969,15 +1010,24 @@ def _is_channel_shuffle(view: _AutogradView, f: Any) -> bool:
                 return None
         return None
 
+    if _fn_kind(f) == "transpose":
+        dims = {getattr(f, "_saved_dim0", None), getattr(f, "_saved_dim1", None)}
+        swaps = dims == {1, 2}
+    else:
+        perm = tuple(getattr(f, "_saved_dims", ()))
+        swaps = len(perm) > 2 and perm[1] == 2 and perm[2] == 1
+    if not swaps:
+        return False
     before = through(f, lambda g: [nf for nf, _ in g.next_functions if nf is not None and view.data.get(nf)])
     after = through(f, lambda g: view.succ.get(g, []))
     if before is None or after is None:
         return False
-    split_out, split_in = _fn_shape(before, 0), None
-    for nf, nr in before.next_functions:
-        if nf is not None:
-            split_in = _fn_shape(nf, nr)
-    return bool(split_out and split_in and len(split_out) > len(split_in))
+    split_out = _fn_shape(before, 0)
+    split_in = next((_fn_shape(nf, nr) for nf, nr in before.next_functions if nf is not None), None)
+    merged = _fn_shape(after, 0)
+    return bool(split_out and split_in and merged and len(split_out) == len(split_in) + 1
+                and split_out[0] * split_out[1] == split_in[0] and split_out[2:] == split_in[1:]
+                and merged == split_in)
 
 
 def _probe(shadows: _Shadows) -> _Probe:
@@ -985,7 +1035,7 @@ def _probe(shadows: _Shadows) -> _Probe:
         p = _Probe()
         with torch.enable_grad():
             try:
-                p.forward(shadow, _example(shadows.input_size, meta, requires_grad=True))
+                p.forward(shadow, _example(shadow, shadows.input_size, meta, requires_grad=True))
             except _NoGradForward:
                 pass  # reported by _hazards
         return p
@@ -1046,7 +1096,7 @@ def _autograd_graph(probe: _Probe) -> nx.DiGraph:
             key = _unique(call.qualname, g)
             m = call.module
             attrs = dict(name=key, op="module", type=type(m).__name__, category=_module_category(m),
-                         out_shape=call.out_shape, label=_module_label(m, call.out_shape),
+                         out_shape=call.out_shape, label=_module_label(m),
                          module=call.qualname,
                          **_module_facts(m, call.in_shape, call.out_shape, call.first_call))
             g.add_node(key, **attrs)
@@ -1129,14 +1179,18 @@ def _groups(shadows: _Shadows, heads: list[str]) -> tuple[_Probe, Optional[list[
             warnings.simplefilter("ignore")  # torch-pruning's notes on unknown ops: see _hazards
             try:
                 dg.build_dependency(shadow, verbose=False, forward_fn=probe.forward,
-                                    example_inputs=_example(shadows.input_size, meta, requires_grad=True))
-                with _index_mapping_once(dg):
+                                    example_inputs=_example(shadow, shadows.input_size, meta, requires_grad=True))
+                with _tp_guards(dg):
                     all_groups = list(dg.get_all_groups(
                         ignored_layers=[by_name[h] for h in heads if h in by_name],
                         root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
             except _NoGradForward:
                 return probe, None, ("the forward pass hides how the layers connect (see the "
                                      "warning about torch.no_grad())")
+            except (_TooManyIndices, MemoryError):
+                return probe, None, ("torch-pruning's channel index lists for this model grow "
+                                     "without bound (typical of attention and window "
+                                     "reshapes), so it cannot follow the channels")
             except Exception as exc:  # noqa: BLE001 - torch-pruning's own failures are reported
                 if meta or not probe.outputs:
                     raise   # retry on real tensors / a genuine forward failure
@@ -1169,7 +1223,17 @@ def build_graph(model: nn.Module, input_size: tuple[int, int, int], *, with_grou
     data-dependent Python control flow falls back to a coarser graph read from autograd
     (``traced_with='autograd'``). With ``with_groups`` the torch-pruning dependency graph
     is built too, to fill ``groups``, ``group_of`` and ``prunable``; without it those stay
-    empty. ``model`` itself is never modified.
+    empty (and the call is several times faster on DenseNets). ``model`` itself is never
+    modified.
+
+    Nodes are keyed by ``name``: the module's qualified name (a second call of the same
+    module gets ``'relu:1'``), an op name such as ``'add_3'``, or ``'input'``/``'output'``.
+    Node attributes: name, op ('module' | 'function' | 'input' | 'output'), type
+    ('Conv2d', 'add', ...), category (one of `CATEGORIES`), module (qualified name or
+    None), out_shape (batch excluded), params (own parameters, counted at a module's
+    first call), macs (convolutions, linear layers, matmuls), in_channels, out_channels,
+    prunable, group (index into ``groups`` or None) and label (short text to draw).
+    Edges carry ``shape``, the tensor shape flowing along them (batch excluded).
     """
     size = _check_input_size(input_size)
     shadows = _Shadows(model, size)
@@ -1188,7 +1252,7 @@ def build_graph(model: nn.Module, input_size: tuple[int, int, int], *, with_grou
             target = gm if meta else _fx_trace(shadows.get(False))
             interp = _ShapeInterpreter(target)
             with torch.no_grad():
-                interp.run(_example(size, meta))
+                interp.run(_example(target, size, meta))
             return target, interp.values
         graph = _fx_graph(*shadows.run(shapes))
     else:

@@ -22,7 +22,7 @@ has ~170,000 of them, far beyond the 1 s budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable
 
 import networkx as nx
 
@@ -109,7 +109,7 @@ def layered_layout(g: nx.DiGraph, *,
     heights = [s[1] for s in size] + [0.0] * len(dummies)
 
     # 4. Ordering.
-    layers = _initial_order(n_all, n_real, layer_of, down)
+    layers = _initial_order(n_all, layer_of, down)
     layers = _reduce_crossings(layers, up, down, sweeps)
 
     # 5. x coordinates.
@@ -260,7 +260,7 @@ def _dummy_chains(work: list[tuple[int, int]], rank: list[int]):
     return chains, uses, dummies
 
 
-def _initial_order(n_all: int, n_real: int, layer_of: list[int], down: list[list[int]]) -> list[list[int]]:
+def _initial_order(n_all: int, layer_of: list[int], down: list[list[int]]) -> list[list[int]]:
     """Ranks ordered by first visit in a DFS from the sources: the first successor of each
     node (the main path, in forward order) ends up leftmost, side branches to its right."""
     n_layers = max(layer_of) + 1
