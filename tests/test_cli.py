@@ -90,3 +90,18 @@ def test_run_under_torchrun_with_two_gloo_processes(tmp_path, make_imagefolder):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]["fine-tune"]) == 1
     assert metrics["after"]["params"] < metrics["before"]["params"]
+
+
+def test_train_writes_a_checkpoint_that_reopens(tmp_path, capsys):
+    from studio.engine.model_loading import load_model
+    out = tmp_path / "base"
+    code = main(["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=64,val=32",
+                 "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--out", str(out)])
+    assert code == 0
+    assert "top-1" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]["train"]) == 1 and metrics["final"]["samples"] == 32
+    reopened = load_model(str(out / "model.ckpt.pt"))
+    assert reopened.trained and reopened.arch == "cifar:resnet20" and reopened.num_classes == 10
+    # A second run into the same folder is refused rather than overwriting the first.
+    assert main(["train", "cifar:resnet20", "--data", "synthetic", "--epochs", "1", "--out", str(out)]) == 2
