@@ -61,6 +61,9 @@ from studio.engine.pruning import PruneResult, PruningPlan, estimate, prune  # n
 from studio.engine.training import (TrainConfig, evaluate, seed_everything,  # noqa: E402
                                     select_device, train)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "accuracy"
 TOLERANCE = 0.03            # allowed relative miss of the target MACs reduction
 GOOD_ENOUGH = 0.005         # bisection stops early once this close to the target
@@ -83,18 +86,6 @@ def say(message: str) -> None:
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(device: torch.device) -> dict:

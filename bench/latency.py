@@ -44,6 +44,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from studio.engine.events import run_to_end  # noqa: E402
 from studio.engine.pruning import PruningPlan, prune  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
 
 INPUT = (3, 224, 224)
 GOAL = 0.8           # measured speed-up / ideal speed-up
@@ -60,16 +62,6 @@ class Contender:
 
 
 # --------------------------------------------------------------------------- set-up
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def architecture(model: nn.Module) -> tuple:
