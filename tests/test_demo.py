@@ -60,3 +60,17 @@ def test_shipped_subset_is_small_and_complete():
     bundle = load_data("demo")
     assert bundle.num_classes == 10 and len(bundle.train) == 5000 and len(bundle.val) == 1000
     assert np.bincount(bundle.val.labels.numpy()).tolist() == [100] * 10
+
+
+def test_demo_model_scores_what_its_card_records():
+    """The shipped weights still give the subset accuracy written when they were installed."""
+    from studio.engine.events import run_to_end
+    from studio.engine.model_loading import load_model
+    from studio.engine.training import evaluate
+
+    card = json.loads((DEMO / "model_card.json").read_text())
+    loaded = load_model("demo")
+    assert loaded.trained and loaded.arch == "cifar:resnet20"
+    result = run_to_end(evaluate(loaded.module, load_data("demo").val, device="cpu"))
+    assert abs(result.top1 - card["subset_test_top1"]) <= 0.01
+    assert result.top1 > 0.5   # far above the 10% of chance: these are trained weights

@@ -298,7 +298,7 @@ def measure(model: nn.Module, input_size: Sequence[int], *, device: Any = "cpu",
         token.check("measure")
         m.to(dev)
         # Measuring runs on one process (rank 0 under torchrun): no sharding, no all-reduce.
-        loader = _eval_source(eval_set, 256, dev)
+        loader = _eval_source(eval_set, 256, dev, max_batches=eval_batches)
         acc: EvalResult = yield from _eval_loop(m, loader, dev, token, eval_batches, "measure", 256)
         top1, top5 = acc.top1, acc.top5
         yield step(f"accuracy: top-1 {top1:.2%}")

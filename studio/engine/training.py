@@ -469,10 +469,18 @@ def _eval_loop(model: nn.Module, loader: Any, device: torch.device, token: Cance
 
 
 def _eval_source(data: Any, batch_size: int, device: torch.device, workers: int = 0,
-                 shard: bool = False) -> Any:
-    """A loader for evaluation; with ``shard`` each DDP rank reads its own disjoint share of a dataset."""
+                 shard: bool = False, max_batches: Optional[int] = None) -> Any:
+    """A loader for evaluation; with ``shard`` each DDP rank reads its own disjoint share of a dataset.
+
+    With ``max_batches`` a dataset is sampled at random with a fixed seed (the same images on
+    every call): validation folders are usually sorted by class, so their first batches
+    would hold a single class and give a meaningless accuracy.
+    """
     if isinstance(data, DataLoader) or not isinstance(data, Dataset):
         return data
+    if max_batches is not None and max_batches * batch_size < len(data):
+        picked = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:max_batches * batch_size]
+        data = Subset(data, picked.sort().values.tolist())
     if shard:
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         data = Subset(data, range(rank, len(data), world))
@@ -497,7 +505,7 @@ def evaluate(model: nn.Module, dataset_or_loader: Any, *, device: Any = None, ba
         model.to(dev)
     yield Phase(phase)
     distributed = distributed and is_distributed()
-    loader = _eval_source(dataset_or_loader, batch_size, dev, shard=distributed)
+    loader = _eval_source(dataset_or_loader, batch_size, dev, shard=distributed, max_batches=max_batches)
     result = yield from _eval_loop(model, loader, dev, token, max_batches, phase, batch_size, distributed)
     return result
 
