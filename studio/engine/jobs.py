@@ -8,6 +8,7 @@ place only when everything succeeded, so a failed or cancelled job leaves nothin
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -17,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Generator, Optional
+from typing import Generator, Iterator, Optional
 
 import torch
 from torch import nn
@@ -46,8 +47,17 @@ class RunResult:
     model: nn.Module
 
 
-def prepare_run_folder(out_dir: Path) -> Path:
-    """Refuse to overwrite an earlier run; return the staging folder the job writes into."""
+@contextlib.contextmanager
+def staged_run_folder(out_dir: Path, main: bool = True) -> Iterator[Optional[Path]]:
+    """Yield a hidden staging folder that becomes ``out_dir`` only if the body succeeds.
+
+    An existing non-empty ``out_dir`` is refused (the studio never overwrites a run), and on
+    failure or cancel the staging folder is removed, so nothing half-written remains.
+    Non-main torchrun ranks get None: they compute but write nothing.
+    """
+    if not main:
+        yield None
+        return
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StudioError(f"The output folder {out_dir} already exists and is not empty.",
@@ -56,7 +66,14 @@ def prepare_run_folder(out_dir: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)   # left by a crashed earlier attempt at this same folder
     staging.mkdir(parents=True)
-    return staging
+    try:
+        yield staging
+        if out_dir.exists():
+            out_dir.rmdir()      # empty, checked above
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def calibration_batches(bundle: DataBundle, batch_size: int, count: int, seed: int) -> list:
@@ -108,20 +125,12 @@ def run_recipe(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None,
     token = token or CancelToken()
     recipe.validate()
     main = is_main_process()
-    out_dir = Path(out_dir)
-    staging = prepare_run_folder(out_dir) if main else None
-    try:
+    with staged_run_folder(out_dir, main) as staging:
         result = yield from _run(recipe, staging, token, loaded, bundle, started)
-        if main:
-            if out_dir.exists():
-                out_dir.rmdir()   # empty, checked by prepare_run_folder
-            os.replace(staging, out_dir)
-            yield Log(f"Run folder written: {out_dir}")
-            result.run_dir = out_dir
-        return result
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    if main:
+        result.run_dir = Path(out_dir)
+        yield Log(f"Run folder written: {out_dir}")
+    return result
 
 
 def _run(recipe, staging, token, loaded, bundle, started):
@@ -244,9 +253,7 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
     token = token or CancelToken()
     started = time.perf_counter()
     main = is_main_process()
-    out_dir = Path(out_dir)
-    staging = prepare_run_folder(out_dir) if main else None
-    try:
+    with staged_run_folder(out_dir, main) as staging:
         yield Phase("analyse", "Loading the model and data")
         loaded = load_model(model_spec, arch=arch, num_classes=num_classes)
         if loaded.arch is None:
@@ -282,11 +289,6 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
                 {"model": model_spec, "arch": arch, "num_classes": num_classes, "data": data_spec,
                  "train": cfg.to_dict()}, indent=2) + "\n")
             write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(staging, out_dir)
-            yield Log(f"Run folder written: {out_dir}")
-        return RunResult(run_dir=out_dir if main else None, metrics=metrics, model=model)
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    if main:
+        yield Log(f"Run folder written: {out_dir}")
+    return RunResult(run_dir=Path(out_dir) if main else None, metrics=metrics, model=model)
