@@ -22,21 +22,33 @@ from studio.engine.training import evaluate
 DEMO = Path(__file__).resolve().parent
 
 
+def training_commands(run_dir: Path) -> list:
+    """The `studio train` commands that produced this run, oldest first.
+
+    A run that continued from an earlier run's checkpoint names it as its model; follow
+    that chain so the card tells the whole recipe.
+    """
+    training = json.loads((run_dir / "training.json").read_text())
+    t = training["train"]
+    command = (f"studio train {training['model']} --data <cifar10-jpg extracted> --epochs {t['epochs']} "
+               f"--lr {t['lr']} --schedule {t['schedule']} --batch-size {t['batch_size']} --seed {t['seed']}")
+    earlier = Path(training["model"]).parent
+    if (earlier / "training.json").is_file():
+        return training_commands(earlier) + [command]
+    return [command]
+
+
 def install(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    training = json.loads((run_dir / "training.json").read_text())
     shutil.copyfile(run_dir / "model.ckpt.pt", DEMO / "model.pt")
     loaded = load_model("demo")
     subset = run_to_end(evaluate(loaded.module, load_data("demo").val, device="cpu"))
-    train = training["train"]
     card = {
         "model": "cifar:resnet20",
         "params": metrics["model"]["params"],
         "trained_on": metrics["data"]["summary"],
-        "command": (f"studio train cifar:resnet20 --data <cifar10-jpg extracted> --epochs {train['epochs']} "
-                    f"--lr {train['lr']} --schedule {train['schedule']} --batch-size {train['batch_size']} "
-                    f"--seed {train['seed']}"),
-        "train_seconds": metrics["wall_seconds"],
+        "commands": training_commands(run_dir),
+        "last_run_seconds": metrics["wall_seconds"],
         "full_test_top1": metrics["final"]["top1"],
         "full_test_top5": metrics["final"]["top5"],
         "subset_test_top1": subset.top1,
