@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.0, help="extra unstructured magnitude sparsity, in [0, 1)")
     p.add_argument("--data", help="dataset folder/spec (needed for fine-tuning, accuracy and data-driven criteria)")
     p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--retrain", action="store_true",
+                   help="re-initialise the pruned model and train it from scratch for --finetune-epochs")
     p.add_argument("--sparse-epochs", type=int, default=0, help="sparse training (L1 on BN scales) before pruning")
     p.add_argument("--bn-l1", type=float, default=1e-5, help="L1 strength on BN scales during sparse training")
     p.add_argument("--lr", type=float, default=0.01)
@@ -121,6 +123,7 @@ def _recipe_from_prune_args(args):
         finetune=TrainConfig(epochs=args.finetune_epochs, **common),
         exports=[f.strip() for f in args.export.split(",") if f.strip()],
         seed=args.seed,
+        retrain=args.retrain,
     )
     recipe.validate()
     return recipe

@@ -98,3 +98,33 @@ def test_mismatched_data_is_refused(tmp_path):
     with pytest.raises(StudioError, match="7"):
         run_to_end(run_recipe(recipe, tmp_path / "run"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_retrain_from_scratch_reinitialises_before_training(tmp_path):
+    recipe = small_recipe()
+    recipe.retrain = True
+    events = []
+    run_to_end(run_recipe(recipe, tmp_path / "run", loaded=load_model("cifar:resnet20")), events.append)
+    phases = [e.name for e in events if isinstance(e, Phase)]
+    assert "retrain" in phases and "fine-tune" not in phases
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(m["history"]) == ["retrain"]
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["retrain"] is True
+
+
+def test_retrain_without_epochs_is_refused():
+    recipe = small_recipe()
+    recipe.retrain = True
+    recipe.finetune.epochs = 0
+    with pytest.raises(StudioError, match="retrains the pruned model from scratch"):
+        recipe.validate()
+
+
+def test_reset_weights_changes_every_weighted_layer():
+    from studio.engine.jobs import reset_weights
+    model = load_model("cifar:resnet20").module
+    before = state(model)
+    torch.manual_seed(123)
+    reset_weights(model)
+    changed = [k for k, v in model.state_dict().items() if k.endswith("conv1.weight") and not torch.equal(v, before[k])]
+    assert len(changed) == sum(1 for k in before if k.endswith("conv1.weight"))

@@ -1,6 +1,6 @@
 """The compression job: run a `Recipe` from start to finish and write its run folder.
 
-Phases: analyse → (sparse-train) → prune → (fine-tune) → measure → export → report.
+Phases: analyse → (sparse-train) → prune → (fine-tune or retrain) → measure → export → report.
 The job is a generator of events like every long engine operation, so the CLI, the GUI
 worker and torchrun all drive the same code. It works on copies: the loaded model is never
 changed, and the run folder is assembled in a hidden staging folder that is renamed into
@@ -102,6 +102,15 @@ def check_pruned_model(model: nn.Module, example: torch.Tensor, expected_shape, 
                           "Protect the classifier and the layers that feed it.")
 
 
+def reset_weights(model: nn.Module) -> None:
+    """Re-initialise every layer that knows how (conv, linear, norm) with its default init."""
+    for m in model.modules():
+        if callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+        if callable(getattr(m, "reset_running_stats", None)):
+            m.reset_running_stats()
+
+
 def json_safe(value):
     """NaN/inf become null so metrics.json stays strict JSON that any reader accepts."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -197,10 +206,17 @@ def _run(recipe, staging, token, loaded, bundle, started):
         yield _snapshot("pruned", pruned_metrics)
 
     if recipe.finetune.epochs > 0:
+        phase = "fine-tune"
+        if recipe.retrain:
+            # Keep the pruned architecture, drop what the weights learnt (UCP, seed 001).
+            phase = "retrain"
+            torch.manual_seed(recipe.seed)
+            reset_weights(model)
+            yield Log("Weights re-initialised: retraining the pruned architecture from scratch.")
         cfg = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
                       seed=recipe.seed)
-        tuned = yield from train(model, bundle.train, eval_set, cfg, phase="fine-tune", token=token)
-        history["fine-tune"] = tuned.history
+        tuned = yield from train(model, bundle.train, eval_set, cfg, phase=phase, token=token)
+        history[phase] = tuned.history
         model = model.cpu().eval()
 
     metrics = {}

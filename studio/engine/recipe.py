@@ -68,12 +68,14 @@ class Recipe:
     measure: MeasureOptions = field(default_factory=MeasureOptions)
     exports: list = field(default_factory=lambda: list(EXPORT_FORMATS))
     seed: int = 0
+    retrain: bool = False     # after pruning, re-initialise and train from scratch (UCP, seed 001)
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict:
         return {
             "version": self.version,
             "seed": self.seed,
+            "retrain": self.retrain,
             "model": asdict(self.model),
             "data": asdict(self.data),
             "plan": self.plan.to_dict(),
@@ -106,6 +108,7 @@ class Recipe:
             finetune=TrainConfig.from_dict({"epochs": 0, **(d.get("finetune") or {})}),
             exports=list(d.get("exports", EXPORT_FORMATS)),
             seed=int(d.get("seed", 0)),
+            retrain=d.get("retrain", False),
         )
         recipe.validate()
         return recipe
@@ -126,6 +129,12 @@ class Recipe:
                               "Fix the numbers in the recipe.")
         if not self.measure.batch_sizes or any(int(b) < 1 for b in self.measure.batch_sizes):
             raise StudioError("measure.batch_sizes must list positive batch sizes.", "For example [1, 32].")
+        if not isinstance(self.retrain, bool):
+            raise StudioError(f"retrain must be true or false (got {self.retrain!r}).", "Fix the recipe.")
+        if self.retrain and self.finetune.epochs < 1:
+            raise StudioError("The recipe retrains the pruned model from scratch but gives 0 training epochs.",
+                              "Set finetune.epochs (retraining from scratch needs many, e.g. 100+), "
+                              "or set retrain to false.")
         self.sparse_training.validate()
         self.finetune.validate()
 

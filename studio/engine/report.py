@@ -18,7 +18,7 @@ from studio.engine.errors import StudioError
 from studio.engine.files import write_text
 
 STAGES = (("before", "Before"), ("pruned", "Pruned"), ("after", "Fine-tuned"))
-PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning"}
+PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning", "retrain": "Retraining from scratch"}
 COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
 MINUS = "\u2212"
 
