@@ -193,7 +193,11 @@ def _torch_load(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for bad files
         message = str(exc)
-        is_pickle_refusal = "Weights only load failed" in message or "Unsupported global" in message
+        # A real object pickle is refused for naming a class (GLOBAL) or building one; garbage
+        # bytes fail with other unpickler errors ("Unsupported operand", "invalid load key")
+        # and must be reported as damaged, not offered to the trust dialog.
+        is_pickle_refusal = any(key in message for key in ("GLOBAL", "Can only build", "Can only create",
+                                                            "Trying to call reduce"))
         if not is_pickle_refusal:
             raise _damaged(path, exc) from exc
         if not trust:

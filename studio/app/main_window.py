@@ -1,0 +1,900 @@
+"""The studio's main window: wires the document, the panels and the engine thread together.
+
+The window owns no pruning or training logic. It turns user actions into engine calls run
+on the `TaskRunner`'s thread, and renders what comes back: a model and its graph, data,
+predictions, importance scores, job events and run folders.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QCheckBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QMainWindow,
+                               QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
+
+from studio.app import dialogs
+from studio.app.document import Document, OpenedModel
+from studio.app.graph_view import GraphView, node_size
+from studio.app.inspector import InspectorPanel
+from studio.app.job_panel import JobPanel, format_duration
+from studio.app.pdf_report import write_pdf_report
+from studio.app.plots import LivePlots
+from studio.app.runs_panel import RunsPanel
+from studio.app.session import Autosaver, RecentFiles, Session, autosave_path, load_session, save_session
+from studio.app.strategy import StrategyPanel
+from studio.app.tasks import TaskRunner
+from studio.engine.criteria import get_criterion
+from studio.engine.data import check_compatible, load_data
+from studio.engine.errors import StudioError
+from studio.engine.events import CancelToken, Log
+from studio.engine.graph import LayerGraph, build_graph
+from studio.engine.jobs import calibration_batches, run_recipe
+from studio.engine.layout import layered_layout
+from studio.engine.metrics import count_macs, dense_size_bytes
+from studio.engine.model_loading import load_model
+from studio.engine.pruning import channel_importance, estimate
+from studio.engine.recipe import Recipe
+from studio.engine.report import human_bytes, human_count
+from studio.engine.runs import read_run
+from studio.engine.training import evaluate
+
+APP_NAME = "Compression Studio"
+PREDICTION_DELAY_MS = 250   # wait for the user to stop dragging before re-estimating
+
+
+def default_runs_dir() -> Path:
+    """Where GUI runs are written: $STUDIO_RUNS_DIR, else the platform's app-data folder."""
+    env = os.environ.get("STUDIO_RUNS_DIR")
+    if env:
+        return Path(env)
+    return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "runs"
+
+
+def _open_model_work(request: dict) -> OpenedModel:
+    """Load a model and trace its graph (engine thread)."""
+    loaded = load_model(request["spec"], arch=request.get("arch"), num_classes=request.get("num_classes"),
+                        trust=bool(request.get("trust")), input_size=request.get("input_size"),
+                        pretrained=request.get("pretrained", True))
+    try:
+        layer_graph = build_graph(loaded.module, loaded.input_size)
+    except StudioError as exc:
+        if loaded.prunable:
+            raise
+        # A TorchScript archive can still be evaluated; say why there is no graph.
+        import networkx as nx
+        layer_graph = LayerGraph(graph=nx.DiGraph(), warnings=[f"No layer graph: {exc.problem}"])
+    layout = layered_layout(layer_graph.graph, node_size=node_size)
+    module = loaded.module
+    try:
+        macs = count_macs(module, loaded.input_size)
+    except Exception:  # noqa: BLE001 - a model the counter cannot run still opens
+        macs = None
+    facts = {"params": loaded.num_params, "macs": macs, "dense_bytes": dense_size_bytes(module)}
+    return OpenedModel(loaded=loaded, layer_graph=layer_graph, layout=layout, facts=facts, request=dict(request))
+
+
+class MainWindow(QMainWindow):
+    """One studio window."""
+
+    def __init__(self, *, settings: Optional[QSettings] = None, runs_dir: Optional[Path] = None,
+                 autosave_file: Optional[Path] = None):
+        super().__init__()
+        self.settings = settings or QSettings()
+        self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+        self.document = Document(self)
+        self.runner = TaskRunner(self)
+        self.recent = RecentFiles(self.settings)
+        self.session_path: Optional[Path] = None
+        self.job_token: Optional[CancelToken] = None
+        self.last_error: Optional[BaseException] = None   # for tests and the log
+        self._prediction_generation = 0
+        self._result_layers: Optional[dict] = None     # layer -> (channels before, after) of the last run
+        self._data_warning = ""                         # why the open data does not fit the model
+        self._scores: dict = {}                         # (layer, criterion) -> importance scores
+        self._build_widgets()
+        self._build_actions()
+        self._connect()
+        self.autosaver = Autosaver(autosave_file or autosave_path(), self.snapshot, parent=self)
+        self._restore_window_state()
+        self._refresh_all()
+
+    # ================================================================== construction
+    def _build_widgets(self) -> None:
+        self.setWindowTitle(APP_NAME)
+        self.setAcceptDrops(True)
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+
+        self.header = QLabel()
+        self.header.setObjectName("header")
+        self.header.setTextFormat(Qt.TextFormat.RichText)
+        self.header.setWordWrap(True)
+        self.header.setStyleSheet("#header { background: #f1f5f9; border-bottom: 1px solid #cbd5e1;"
+                                  " padding: 6px 10px; font-size: 13px; }")
+        self.graph = GraphView()
+        self.find_box = QLineEdit()
+        self.find_box.setPlaceholderText("Find layer (name or type)…")
+        self.find_box.setClearButtonEnabled(True)
+        self.find_box.setMaximumWidth(280)
+        self.fit_button = QPushButton("Fit")
+        self.fit_button.setToolTip("Fit the whole graph in view (F)")
+        self.result_check = QCheckBox("Show channels after the last run")
+        self.result_check.setEnabled(False)
+        self.graph_note = QLabel()
+        self.graph_note.setStyleSheet("color: #b45309;")
+        tools = QHBoxLayout()
+        tools.setContentsMargins(6, 4, 6, 4)
+        tools.addWidget(self.find_box)
+        tools.addWidget(self.fit_button)
+        tools.addWidget(self.result_check)
+        tools.addStretch(1)
+        tools.addWidget(self.graph_note)
+        centre = QWidget()
+        column = QVBoxLayout(centre)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.header)
+        column.addLayout(tools)
+        column.addWidget(self.graph, 1)
+        self.setCentralWidget(centre)
+
+        self.inspector = InspectorPanel()
+        self.strategy = StrategyPanel()
+        self.plots = LivePlots()
+        self.runs_panel = RunsPanel()
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.job_panel = JobPanel()
+        self.statusBar().addPermanentWidget(self.job_panel, 1)
+
+        self.docks = {}
+        for key, title, widget, area in (
+                ("strategy", "Strategy", self.strategy, Qt.DockWidgetArea.RightDockWidgetArea),
+                ("inspector", "Inspector", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea),
+                ("plots", "Live plots", self.plots, Qt.DockWidgetArea.BottomDockWidgetArea),
+                ("runs", "Runs", self.runs_panel, Qt.DockWidgetArea.BottomDockWidgetArea),
+                ("log", "Log", self.log, Qt.DockWidgetArea.BottomDockWidgetArea)):
+            dock = QDockWidget(title, self)
+            dock.setObjectName(f"dock-{key}")
+            dock.setWidget(widget)
+            self.addDockWidget(area, dock)
+            self.docks[key] = dock
+        self.splitDockWidget(self.docks["strategy"], self.docks["inspector"], Qt.Orientation.Vertical)
+        self.tabifyDockWidget(self.docks["plots"], self.docks["runs"])
+        self.tabifyDockWidget(self.docks["runs"], self.docks["log"])
+        self.docks["plots"].raise_()
+        self.resize(1500, 950)
+
+    def _action(self, text: str, slot: Callable, shortcut=None, tip: str = "") -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        if tip:
+            action.setStatusTip(tip)
+            action.setToolTip(tip)
+        action.triggered.connect(slot)
+        return action
+
+    def _build_actions(self) -> None:
+        a = self.actions_by_name = {
+            "open_model": self._action("Open &Model…", self.choose_model, QKeySequence.StandardKey.Open,
+                                       "Open a torchvision or CIFAR model, a .pt/.pth file or a Python class"),
+            "open_data": self._action("Open &Data…", self.choose_data, "Ctrl+D",
+                                      "Open an image folder, CIFAR/MNIST folder, .npz or the demo data"),
+            "open_demo": self._action("Open the &Demo", self.open_demo, None,
+                                      "The shipped trained ResNet-20 and CIFAR-10 subset"),
+            "open_run": self._action("Open &Run Folder…", self.choose_run_folder, None,
+                                     "Add a run folder (from the GUI or the CLI) to the runs table"),
+            "export": self._action("&Export…", self.export_run, "Ctrl+E",
+                                   "Copy a run's folder (models, recipe, HTML and PDF report) where you choose"),
+            "open_session": self._action("Open &Session…", self.choose_session, "Ctrl+Shift+O"),
+            "save_session": self._action("&Save Session", self.save_session, QKeySequence.StandardKey.Save),
+            "save_session_as": self._action("Save Session &As…", self.save_session_as, "Ctrl+Shift+S"),
+            "quit": self._action("&Quit", self.close, QKeySequence.StandardKey.Quit),
+            "fit": self._action("&Fit Graph", self.graph.fit, "F"),
+            "find": self._action("F&ind Layer", self._focus_find, QKeySequence.StandardKey.Find),
+            "run": self._action("&Run", self.run_job, "Ctrl+R", "Prune, fine-tune, measure and export"),
+            "pause": self._action("&Pause / Resume", self._toggle_pause, "Ctrl+P"),
+            "cancel": self._action("&Cancel", self.cancel_job, "Ctrl+.",
+                                   "Stop the job; the model and runs are left as before Run"),
+            "evaluate": self._action("&Evaluate Accuracy", self.evaluate_accuracy, None,
+                                     "Top-1/top-5 of the open model on the open data's validation split"),
+        }
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        for key in ("open_model", "open_data", "open_demo"):
+            file_menu.addAction(a[key])
+        self.recent_menus = {kind: file_menu.addMenu(title) for kind, title in
+                             (("models", "Recent Models"), ("data", "Recent Data"), ("sessions", "Recent Sessions"))}
+        file_menu.addSeparator()
+        for key in ("open_run", "export"):
+            file_menu.addAction(a[key])
+        file_menu.addSeparator()
+        for key in ("open_session", "save_session", "save_session_as"):
+            file_menu.addAction(a[key])
+        file_menu.addSeparator()
+        file_menu.addAction(a["quit"])
+        view_menu = bar.addMenu("&View")
+        view_menu.addAction(a["fit"])
+        view_menu.addAction(a["find"])
+        view_menu.addSeparator()
+        for dock in self.docks.values():
+            view_menu.addAction(dock.toggleViewAction())
+        run_menu = bar.addMenu("&Run")
+        for key in ("run", "pause", "cancel", "evaluate"):
+            run_menu.addAction(a[key])
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("toolbar-main")
+        for key in ("open_model", "open_data", "run", "export"):
+            toolbar.addAction(a[key])
+        self._refresh_recent_menus()
+
+    def _connect(self) -> None:
+        d = self.document
+        d.modelChanged.connect(self._on_model_changed)
+        d.dataChanged.connect(self._refresh_header)
+        d.dataChanged.connect(self._on_data_changed)
+        d.accuracyChanged.connect(self._refresh_header)
+        d.planChanged.connect(self._on_plan_changed)
+        for signal in (d.modelChanged, d.dataChanged, d.planChanged, d.runsChanged):
+            signal.connect(lambda *_: self.autosaver.mark_dirty())
+        self.graph.selectionChanged.connect(self._on_selection)
+        self.graph.rateRequested.connect(self._ask_rate)
+        self.graph.protectRequested.connect(d.set_protected)
+        self.graph.resetRequested.connect(d.reset_layers)
+        self.inspector.rateChanged.connect(d.set_layer_rate)
+        self.inspector.protectChanged.connect(d.set_protected)
+        self.inspector.histogramRequested.connect(self._request_histogram)
+        self.strategy.changed.connect(self._on_strategy_changed)
+        self.runs_panel.openRunRequested.connect(self.choose_run_folder)
+        self.find_box.returnPressed.connect(self._find)
+        self.fit_button.clicked.connect(self.graph.fit)
+        self.result_check.toggled.connect(self._show_result_channels)
+        self.job_panel.pauseRequested.connect(self._pause)
+        self.job_panel.resumeRequested.connect(self._resume)
+        self.job_panel.cancelRequested.connect(self.cancel_job)
+        self._prediction_timer = QTimer(self)
+        self._prediction_timer.setSingleShot(True)
+        self._prediction_timer.setInterval(PREDICTION_DELAY_MS)
+        self._prediction_timer.timeout.connect(self._predict)
+
+    # ================================================================== state shown
+    def _refresh_all(self) -> None:
+        self.strategy.set_recipe(self.document.recipe)
+        self._refresh_header()
+        self._refresh_enabled()
+
+    def _refresh_enabled(self) -> None:
+        running = self.job_running
+        a = self.actions_by_name
+        for key in ("open_model", "open_data", "open_demo", "open_session", "run", "evaluate"):
+            a[key].setEnabled(not running)
+        a["run"].setEnabled(not running and self.document.model is not None)
+        a["pause"].setEnabled(running)
+        a["cancel"].setEnabled(running)
+        for menu in self.recent_menus.values():
+            menu.setEnabled(not running)
+        self.strategy.set_editable(not running)
+        self.inspector.set_editable(not running)
+        self.graph.set_editable(not running)
+
+    @property
+    def job_running(self) -> bool:
+        return self.job_token is not None
+
+    def _refresh_header(self) -> None:
+        d = self.document
+        if d.model is None:
+            self.header.setText("<b>No model open.</b> File ▸ Open Model… (Ctrl+O), File ▸ Open the Demo, "
+                                "or drop a .pt/.pth file here.")
+            self.setWindowTitle(APP_NAME)
+            return
+        loaded, facts = d.model.loaded, d.model.facts
+        parts = [f"<b>{loaded.arch or loaded.spec}</b> <span style='color:#64748b'>({loaded.kind})</span>",
+                 f"{human_count(facts['params'])} params",
+                 f"{human_count(facts['macs'])} MACs" if facts.get("macs") else "MACs unknown",
+                 human_bytes(facts["dense_bytes"])]
+        if d.accuracy:
+            parts.append(f"top-1 <b>{d.accuracy['top1']:.1%}</b> on {d.accuracy['images']:,} val images")
+        elif d.data is not None:
+            parts.append("<span style='color:#64748b'>accuracy: evaluating…</span>"
+                         if self.runner.busy else "accuracy not measured")
+        if not loaded.trained:
+            parts.append("<span style='background:#dc2626; color:white; padding:2px 6px;'>&nbsp;UNTRAINED&nbsp;"
+                         "</span> <span style='color:#dc2626'>random weights: accuracy is meaningless</span>")
+        if not loaded.prunable:
+            parts.append(f"<span style='color:#b45309'>read-only: {loaded.why_not_prunable}</span>")
+        line = " · ".join(parts)
+        if d.data is not None:
+            data_line = f"Data: {d.data.summary()}"
+            if self._data_warning:
+                data_line += f" <span style='color:#dc2626'>⚠ {self._data_warning}</span>"
+        else:
+            data_line = "No data open: File ▸ Open Data… (needed for fine-tuning, accuracy and data-driven criteria)."
+        self.header.setText(f"{line}<br><span style='color:#334155'>{data_line}</span>")
+        title = f"{loaded.arch or loaded.spec}"
+        if d.data is not None:
+            title += f" + {d.data.name or d.data.kind}"
+        if self.session_path:
+            title += f" — {self.session_path.name}"
+        self.setWindowTitle(f"{title} — {APP_NAME}")
+
+    # ================================================================== opening things
+    def choose_model(self) -> None:
+        dialog = dialogs.OpenModelDialog(self)
+        if dialog.exec():
+            self.open_model(dialog.spec())
+
+    def open_demo(self) -> None:
+        self.open_model({"spec": "demo"}, then=lambda: self.open_data("demo"))
+
+    def open_model(self, request: dict, then: Optional[Callable[[], None]] = None) -> None:
+        """Load a model on the engine thread; `then` runs after it is shown."""
+        if self.job_running:
+            return
+        request = {k: v for k, v in request.items() if v is not None}
+        self.statusBar().showMessage(f"Opening {request['spec']}…")
+        self._log(f"Opening model {request['spec']}")
+
+        def done(opened: OpenedModel) -> None:
+            self.document.set_model(opened)
+            self.recent.add("models", request["spec"])
+            self._refresh_recent_menus()
+            self.statusBar().showMessage(opened.loaded.summary())
+            self._log(f"Model: {opened.loaded.summary()}")
+            for w in opened.layer_graph.warnings:
+                self._log(w, "warning")
+            if self.document.data is not None:   # data opened before: re-check it against this head
+                self._check_data()
+                self.evaluate_accuracy()
+            if then:
+                then()
+
+        def failed(exc: BaseException, details: str) -> None:
+            if dialogs.model_needs_trust(exc) and not request.get("trust"):
+                if dialogs.ask_trust(self, request["spec"]):
+                    self.open_model({**request, "trust": True}, then)
+                    return
+                self.statusBar().showMessage("Not opened: the file was not trusted.")
+                return
+            self._fail(exc, details)
+
+        self.runner.submit("open model", lambda: _open_model_work(request), on_done=done, on_error=failed)
+
+    def choose_data(self) -> None:
+        dialog = dialogs.OpenDataDialog(self)
+        if dialog.exec():
+            self.open_data(dialog.spec())
+
+    def open_data(self, spec: str, then: Optional[Callable[[], None]] = None) -> None:
+        if self.job_running:
+            return
+        model = self.document.model
+        size = tuple(model.loaded.input_size) if model else None
+        self.statusBar().showMessage(f"Opening data {spec}…")
+        self._log(f"Opening data {spec}")
+
+        def work():
+            return load_data(spec, input_size=size, channels=size[0] if size else None)
+
+        def done(bundle) -> None:
+            self.recent.add("data", spec)
+            self._refresh_recent_menus()
+            self.document.set_data(bundle)
+            self._log(f"Data: {bundle.summary()}")
+            self.statusBar().showMessage(bundle.summary())
+            self._check_data()
+            self.evaluate_accuracy()
+            if then:
+                then()
+
+        self.runner.submit("open data", work, on_done=done, on_error=self._fail)
+
+    def _check_data(self) -> None:
+        """Warn (without refusing) when the data does not fit the model's head or input."""
+        d = self.document
+        self._data_warning = ""
+        if d.model is not None and d.data is not None:
+            try:
+                check_compatible(d.data, num_classes=d.model.loaded.num_classes,
+                                 input_size=tuple(d.model.loaded.input_size))
+            except StudioError as exc:
+                self._data_warning = exc.problem
+                self._log(f"Data does not match the model: {exc}", "warning")
+                QMessageBox.warning(self, "Data does not match the model", str(exc))
+        self._refresh_header()
+
+    def evaluate_accuracy(self) -> None:
+        d = self.document
+        if d.model is None or d.data is None or self._data_warning or self.job_running:
+            return
+        module, val = d.model.loaded.module, d.data.val
+        opened = d.model
+
+        def work():
+            result = yield from evaluate(module, val)
+            return {"top1": result.top1, "top5": result.top5, "images": len(val)}
+
+        def done(acc: dict) -> None:
+            if self.document.model is opened:
+                self.document.set_accuracy(acc)
+                self._log(f"Accuracy of the open model: top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%}")
+
+        self.runner.submit("evaluate", work, on_done=done, on_error=self._fail)
+        self._refresh_header()
+
+    def choose_run_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a run folder", str(self.runs_dir))
+        if folder:
+            self.open_run_folder(folder)
+
+    def open_run_folder(self, folder) -> None:
+        try:
+            summary = read_run(folder)
+        except StudioError as exc:
+            self._fail(exc, "")
+            return
+        if self.document.add_run(summary):
+            self.runs_panel.add_run(summary)
+        self.docks["runs"].raise_()
+
+    # ================================================================== graph, inspector, plan
+    def _on_model_changed(self) -> None:
+        opened = self.document.model
+        self._scores = {}
+        self.graph.set_graph(opened.layer_graph, opened.layout)
+        self.graph.fit()
+        self._result_layers = None
+        self.result_check.setChecked(False)
+        self.result_check.setEnabled(False)
+        self.graph_note.setText("  ".join(opened.layer_graph.warnings)[:300])
+        self.graph_note.setToolTip("\n\n".join(opened.layer_graph.warnings))
+        self.inspector.show_selection(opened.layer_graph, [], {}, set())
+        self._refresh_header()
+        self._refresh_enabled()
+
+    def _on_data_changed(self) -> None:
+        # Data-driven criteria (Taylor, HRank) score with the data: old scores are stale.
+        self._scores = {k: v for k, v in self._scores.items() if not get_criterion(k[1]).needs_data}
+        if get_criterion(self.document.recipe.plan.criterion).needs_data:
+            self.inspector.invalidate_histogram()
+
+    def _on_plan_changed(self) -> None:
+        d = self.document
+        if d.model is not None:
+            rates = d.effective_rates()
+            self.graph.set_rates(rates, d.protected())
+            self._on_selection(self.graph.selected_nodes())
+        self.strategy.set_recipe(d.recipe)
+        self._schedule_prediction()
+
+    def _on_strategy_changed(self) -> None:
+        recipe = copy.deepcopy(self.document.recipe)
+        self.strategy.apply_to(recipe)
+        old = self.document.recipe.plan.criterion
+        self.document.replace_recipe(recipe)
+        if recipe.plan.criterion != old:   # importance scores depend on the criterion
+            self.inspector.invalidate_histogram()
+
+    def _on_selection(self, names: list) -> None:
+        d = self.document
+        if d.model is None:
+            return
+        self.inspector.show_selection(d.model.layer_graph, list(names), d.effective_rates(), d.protected())
+        if names:
+            self.docks["inspector"].raise_()
+
+    def _ask_rate(self, names: list) -> None:
+        rates = self.document.effective_rates()
+        current = rates.get(names[0], self.document.recipe.plan.rate) if names else 0.5
+        rate = dialogs.ask_rate(self, current)
+        if rate is not None:
+            self.document.set_layer_rate(names, rate)
+
+    def _request_histogram(self, layer: str) -> None:
+        d = self.document
+        if d.model is None:
+            return
+        if self.job_running:
+            self.inspector.show_histogram_message("Importance scores are available when the job finishes.")
+            return
+        criterion = get_criterion(d.recipe.plan.criterion)
+        key = (layer, criterion.name)
+        if key in self._scores:   # scores depend on the criterion, not on the rate: no need to rescore
+            self.inspector.show_histogram(layer, self._scores[key], d.effective_rates().get(layer, 0.0))
+            return
+        calibration = None
+        if criterion.needs_data:
+            if d.data is None:
+                self.inspector.show_histogram_message(f"{criterion.title} scores channels with data: "
+                                                      "open a dataset (File ▸ Open Data…).")
+                return
+            calibration = calibration_batches(d.data, 32, 2, d.recipe.seed)
+        module, size = d.model.loaded.module, tuple(d.model.loaded.input_size)
+        opened = d.model
+        self.inspector.show_histogram_message(f"Scoring channels with {criterion.title}…")
+
+        def work():
+            example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+            return channel_importance(module, layer, criterion.name, example, calibration=calibration)
+
+        def done(scores) -> None:
+            if self.document.model is not opened:
+                return
+            self._scores[key] = scores
+            if layer in self.graph.selected_nodes():
+                self.inspector.show_histogram(layer, scores, self.document.effective_rates().get(layer, 0.0))
+
+        def failed(exc: BaseException, details: str) -> None:
+            self.inspector.show_histogram_message(str(exc) if isinstance(exc, StudioError)
+                                                  else f"Could not score channels: {exc}")
+            self._log(details or str(exc), "error")
+
+        self.runner.submit("score channels", work, on_done=done, on_error=failed)
+
+    def _schedule_prediction(self) -> None:
+        if self.document.model is not None and self.document.model.loaded.prunable:
+            self.strategy.show_prediction(self._now_counts(), None, "estimating…")
+            self._prediction_timer.start()
+
+    def _now_counts(self):
+        facts = self.document.model.facts
+        return (facts["params"], facts["macs"] or 0)
+
+    def _predict(self) -> None:
+        d = self.document
+        if d.model is None or self.job_running:
+            return
+        self._prediction_generation += 1
+        generation = self._prediction_generation
+        plan = copy.deepcopy(d.recipe.plan)
+        module, size = d.model.loaded.module, tuple(d.model.loaded.input_size)
+
+        def work():
+            return estimate(module, plan, torch.zeros(1, *size))
+
+        def done(counts) -> None:
+            if generation == self._prediction_generation:
+                self.strategy.show_prediction(self._now_counts(), tuple(counts))
+
+        def failed(exc: BaseException, details: str) -> None:
+            if generation == self._prediction_generation:
+                text = exc.problem if isinstance(exc, StudioError) else f"Cannot estimate: {exc}"
+                self.strategy.show_prediction(self._now_counts(), None, text)
+
+        self.runner.submit("estimate", work, on_done=done, on_error=failed)
+
+    def _find(self) -> None:
+        found = self.graph.find(self.find_box.text())
+        self.statusBar().showMessage(f"{len(found)} layer(s) match '{self.find_box.text()}'" if found
+                                     else f"No layer matches '{self.find_box.text()}'")
+
+    def _focus_find(self) -> None:
+        self.find_box.setFocus()
+        self.find_box.selectAll()
+
+    def _show_result_channels(self, on: bool) -> None:
+        self.graph.set_result_channels(self._result_layers if on else None)
+
+    # ================================================================== running
+    def build_run_recipe(self) -> Recipe:
+        recipe = copy.deepcopy(self.document.recipe)
+        self.strategy.apply_to(recipe)
+        recipe.data.spec = self.document.data.spec if self.document.data is not None else None
+        recipe.validate()
+        return recipe
+
+    def run_job(self, recipe: Optional[Recipe] = None) -> None:
+        d = self.document
+        if self.job_running or d.model is None:
+            return
+        try:
+            recipe = recipe or self.build_run_recipe()
+            if get_criterion(recipe.plan.criterion).needs_data and d.data is None:
+                raise StudioError(f"The {recipe.plan.criterion} criterion scores channels with data, and no data "
+                                  "is open.", "Open a dataset (File ▸ Open Data…) or pick a data-free criterion.")
+            if self._data_warning and (recipe.finetune.epochs or recipe.sparse_training.epochs):
+                raise StudioError(f"The open data does not fit the model: {self._data_warning}",
+                                  "Open data that matches the model's classes and input size.")
+        except StudioError as exc:
+            self._fail(exc, "")
+            return
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = self.runs_dir / f"{stamp}-{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}"
+        n = 2
+        while out.exists():
+            out = out.with_name(f"{stamp}-{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}-{n}")
+            n += 1
+        token = CancelToken()
+        loaded, bundle = d.model.loaded, d.data
+        started = time.monotonic()
+
+        def work():
+            result = yield from run_recipe(recipe, out, token=token, loaded=loaded, bundle=bundle)
+            # Rendering the PDF takes a few hundred ms: done here, off the UI thread (QTextDocument
+            # and QPdfWriter may paint in any thread).
+            pdf_note = ""
+            try:
+                write_pdf_report(result.run_dir)
+            except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what is missing
+                pdf_note = f"report.pdf could not be written: {exc}"
+            # The slimmed module stays on the engine thread; the window reads the run folder.
+            return {"run_dir": str(result.run_dir), "pdf_note": pdf_note}
+
+        self.job_token = token
+        self.plots.start_run(dict(d.model.facts))
+        self.job_panel.set_running(True, {"sparse-train": recipe.sparse_training.epochs,
+                                          "fine-tune": recipe.finetune.epochs, "retrain": recipe.finetune.epochs})
+        self.docks["plots"].raise_()
+        self._refresh_enabled()
+        self._log(f"Run started → {out}")
+        self.runner.submit("run", work, token=token, on_events=self._on_job_events,
+                           on_done=lambda r: self._on_job_done(r, started),
+                           on_error=self._on_job_failed, on_cancel=self._on_job_cancelled)
+
+    def _on_job_events(self, events: list) -> None:
+        self.plots.add_events(events)
+        self.job_panel.feed(events)
+        for e in events:
+            if isinstance(e, Log):
+                self._log(e.message, e.level)
+
+    def _job_ended(self) -> None:
+        self.job_token = None
+        self._refresh_enabled()
+
+    def _on_job_done(self, result: dict, started: float) -> None:
+        self._job_ended()
+        self.plots.refresh()
+        run_dir = Path(result["run_dir"])
+        if result["pdf_note"]:
+            self._log(result["pdf_note"], "error")
+        summary = read_run(run_dir)
+        if self.document.add_run(summary):
+            self.runs_panel.add_run(summary)
+        self._result_layers = {layer["name"]: (layer["channels_before"], layer["channels_after"])
+                               for layer in summary.layers}
+        self.result_check.setEnabled(True)
+        self.result_check.setChecked(True)
+        self._show_result_channels(True)
+        took = format_duration(time.monotonic() - started)
+        top1 = summary.after.get("top1")
+        acc = f", top-1 {top1:.1%}" if top1 is not None else ""
+        self.job_panel.finish(f"Done in {took}: {summary.speedup_macs:.2f}× fewer MACs{acc}")
+        self._log(f"Run finished: {run_dir}")
+
+    def _on_job_failed(self, exc: BaseException, details: str) -> None:
+        self._job_ended()
+        self.plots.restore_previous()
+        self.job_panel.finish("Failed: nothing was changed")
+        self._fail(exc, details)
+
+    def _on_job_cancelled(self) -> None:
+        self._job_ended()
+        self.plots.restore_previous()
+        self.job_panel.finish("Cancelled: nothing was changed")
+        self._log("Run cancelled; the model and the runs are as they were before Run.")
+
+    def _pause(self) -> None:
+        if self.job_token is not None:
+            self.job_token.pause()
+            self._log("Paused after the current batch.")
+
+    def _resume(self) -> None:
+        if self.job_token is not None:
+            self.job_token.resume()
+            self._log("Resumed.")
+
+    def _toggle_pause(self) -> None:
+        if self.job_running:
+            self.job_panel.pause_button.click()
+
+    def cancel_job(self) -> None:
+        if self.job_token is not None:
+            self.job_token.cancel()
+            self._log("Cancelling after the current batch…")
+
+    # ================================================================== export
+    def export_run(self, run=None, destination=None) -> Optional[Path]:
+        """Copy a run folder (the selected or the latest run) to ``destination``; returns the new folder."""
+        runs = self.runs_panel.selected_runs() or self.document.runs[-1:]
+        run = run or (runs[0] if runs else None)
+        if run is None:
+            self._fail(StudioError("There is no run to export yet.",
+                                   "Press Run first, or open a run folder (File ▸ Open Run Folder…)."), "")
+            return None
+        if destination is None:
+            chosen = QFileDialog.getExistingDirectory(self, f"Export {run.name} into…",
+                                                      self.settings.value("paths/export", str(Path.home())))
+            if not chosen:
+                return None
+            destination = chosen
+            self.settings.setValue("paths/export", chosen)
+        target = Path(destination) / run.name
+        if target.exists():
+            self._fail(StudioError(f"{target} already exists.", "Choose another folder; exports never overwrite."),
+                       "")
+            return None
+        staging = target.with_name(f".{target.name}.partial")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(run.path, staging)
+            if not (staging / "report.pdf").exists():
+                write_pdf_report(staging)
+            os.replace(staging, target)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._fail(StudioError(f"Export to {destination} failed: {exc.strerror or exc}.",
+                                   "Check that the folder is writable and the disk has space."), "")
+            return None
+        self._log(f"Exported {run.name} → {target}")
+        self.statusBar().showMessage(f"Exported to {target}")
+        return target
+
+    # ================================================================== sessions
+    def snapshot(self) -> Session:
+        d = self.document
+        model = None
+        if d.model is not None:
+            model = dict(d.model.request)
+            if model.get("input_size"):
+                model["input_size"] = list(model["input_size"])
+        return Session(model=model, data=d.data.spec if d.data is not None else None,
+                       recipe=d.recipe.to_dict(), runs=[str(r.path) for r in d.runs],
+                       view={"selected": self.graph.selected_nodes()})
+
+    def choose_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open session", self.settings.value("paths/session", ""),
+                                              "Studio sessions (*.studio)")
+        if path:
+            self.open_session(path)
+
+    def save_session(self) -> None:
+        if self.session_path is None:
+            self.save_session_as()
+        else:
+            self._write_session(self.session_path)
+
+    def save_session_as(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", self.settings.value("paths/session", ""),
+                                              "Studio sessions (*.studio)")
+        if path:
+            if not path.endswith(".studio"):
+                path += ".studio"
+            self._write_session(Path(path))
+
+    def _write_session(self, path: Path) -> None:
+        try:
+            save_session(self.snapshot(), path)
+        except (StudioError, OSError) as exc:
+            self._fail(exc, "")
+            return
+        self.session_path = Path(path)
+        self.settings.setValue("paths/session", str(Path(path).parent))
+        self.recent.add("sessions", str(path))
+        self._refresh_recent_menus()
+        self.statusBar().showMessage(f"Session saved: {path}")
+        self._refresh_header()
+
+    def open_session(self, path) -> None:
+        try:
+            session = load_session(path)
+        except StudioError as exc:
+            self._fail(exc, "")
+            return
+        self.session_path = Path(path)
+        self.recent.add("sessions", str(path))
+        self._refresh_recent_menus()
+        self.restore_session(session)
+
+    def restore_session(self, session: Session) -> None:
+        """Reopen a session's model, data, recipe and runs (the model loads on the engine thread)."""
+        recipe = Recipe.from_dict(session.recipe)
+        selected = (session.view or {}).get("selected", [])
+
+        def after_model() -> None:
+            self.document.replace_recipe(recipe)
+            self.graph.select_nodes(selected)
+            if session.data:
+                self.open_data(session.data)
+
+        for folder in session.runs:
+            try:
+                summary = read_run(folder)
+            except StudioError as exc:
+                self._log(f"Run folder of the session skipped: {exc}", "warning")
+                continue
+            if self.document.add_run(summary):
+                self.runs_panel.add_run(summary)
+        if session.model:
+            request = dict(session.model)
+            if request.pop("trust", False):
+                # Never unpickle silently: a session file could have been swapped.
+                if not dialogs.ask_trust(self, request["spec"]):
+                    return
+                request["trust"] = True
+            if request.get("input_size"):
+                request["input_size"] = tuple(request["input_size"])
+            self.open_model(request, then=after_model)
+        else:
+            self.document.replace_recipe(recipe)
+
+    # ================================================================== recent files, drops
+    def _refresh_recent_menus(self) -> None:
+        openers = {"models": lambda s: self.open_model({"spec": s}), "data": self.open_data,
+                   "sessions": self.open_session}
+        for kind, menu in self.recent_menus.items():
+            menu.clear()
+            entries = self.recent.list(kind)
+            for entry in entries:
+                menu.addAction(entry, lambda checked=False, e=entry, k=kind: openers[k](e))
+            menu.setEnabled(bool(entries) and not self.job_running)
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+        for url in event.mimeData().urls():
+            self.open_path(url.toLocalFile())
+        event.acceptProposedAction()
+
+    def open_path(self, path: str) -> None:
+        """Open a dropped file or folder by what it is: session, run folder, data, or model."""
+        p = Path(path)
+        if p.suffix == ".studio":
+            self.open_session(p)
+        elif p.is_dir() and (p / "metrics.json").is_file():
+            self.open_run_folder(p)
+        elif p.is_dir() or p.suffix == ".npz":
+            self.open_data(str(p))
+        else:
+            self.open_model({"spec": str(p)})
+
+    # ================================================================== messages
+    def _log(self, message: str, level: str = "info") -> None:
+        stamp = time.strftime("%H:%M:%S")
+        colour = {"warning": "#b45309", "error": "#dc2626"}.get(level)
+        text = message.replace("&", "&amp;").replace("<", "&lt;").replace("\n", "<br>")
+        self.log.appendHtml(f"<span style='color:#64748b'>{stamp}</span> "
+                            + (f"<span style='color:{colour}'>{text}</span>" if colour else text))
+
+    def _fail(self, exc: BaseException, details: str) -> None:
+        """Every failure ends here: a readable dialog, the full details in the log."""
+        self.last_error = exc
+        self.statusBar().showMessage(str(exc)[:200])
+        self._log(f"{type(exc).__name__}: {exc}" + (f"\n{details}" if details and not isinstance(exc, StudioError)
+                                                     else ""), "error")
+        dialogs.show_error(self, exc, details)
+        self._refresh_header()
+
+    # ================================================================== window state
+    def _restore_window_state(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.job_running:
+            answer = QMessageBox.question(self, "A job is running",
+                                          "Cancel the running job and quit? Nothing it did so far is kept.")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        self.runner.shutdown()
+        self.autosaver.discard()   # a clean exit leaves nothing to restore
+        super().closeEvent(event)
+

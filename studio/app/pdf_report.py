@@ -1,0 +1,522 @@
+"""A run's comparison report as a PDF (report.pdf in the run folder), drawn by Qt alone.
+
+The content mirrors the HTML report of `studio.engine.report`: header, before / pruned /
+fine-tuned numbers, training charts, per-layer channels, exports, the plan and warnings, plus
+a short summary of the recipe. The page is a `QTextDocument` (Qt's HTML subset) printed with
+`QPdfWriter`; the charts are the engine's own SVG charts rasterised with `QSvgRenderer` and
+added to the document as image resources, so no browser is needed. A QGuiApplication (or
+QApplication) must exist, as in the GUI; the offscreen platform is enough.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from PySide6.QtCore import QByteArray, QMarginsF, QPointF, QRectF, QSizeF, Qt, QUrl
+from PySide6.QtGui import (QAbstractTextDocumentLayout, QColor, QFont, QGuiApplication, QImage, QPageLayout,
+                           QPageSize, QPainter, QPdfWriter, QPen, QTextBlockFormat, QTextCursor, QTextDocument,
+                           QTextFormat)
+from PySide6.QtSvg import QSvgRenderer
+
+from studio.engine.errors import StudioError
+from studio.engine.files import atomic_write
+from studio.engine.report import (PHASE_TITLES, STAGES, delta_pt, human_bytes, human_count, human_ms, human_pct,
+                                  layer_chart, line_chart, ratio_text)
+
+PDF_NAME = "report.pdf"
+RESOLUTION = 300                 # dpi of the PDF's device: crisp chart images, exact text
+MARGINS_MM = QMarginsF(18, 15, 18, 12)
+FOOTER_INCH = 0.4                # bottom strip of the printable area kept for the footer
+CHART_SCALE = 3.0                # SVG charts are rasterised at 3× their nominal size (~288 dpi)
+TEXT_WIDTH_PX = 640              # usable width of the A4 page (174 mm) in 96-dpi image pixels
+GOOD, BAD, MUTED, LINE, SOFT = "#15803d", "#b91c1c", "#6b7280", "#e5e7eb", "#f1f5f9"
+# The engine's SVG charts are styled by the HTML page's CSS classes; QtSvg needs them inside
+SVG_STYLE = ("<style type=\"text/css\">"
+             ".ct{font-size:13px;font-weight:bold;fill:#1f2937;font-family:sans-serif}"
+             ".tick{font-size:11px;fill:#4b5563;font-family:sans-serif}"
+             ".mono{font-family:monospace}.grid{stroke:#e5e7eb}.axis{stroke:#9ca3af}</style>")
+
+STYLE = f"""
+body {{ color: #1f2937; }}
+h1 {{ font-size: 17pt; margin-bottom: 2px; }}
+h2 {{ font-size: 12pt; margin-top: 16px; margin-bottom: 6px; color: #111827; }}
+p {{ margin-top: 2px; margin-bottom: 4px; }}
+.sub {{ color: {MUTED}; font-family: monospace; }}
+.muted {{ color: {MUTED}; }}
+.mono {{ font-family: monospace; }}
+.badge {{ color: #92400e; background-color: #fef3c7; font-size: 8pt; font-weight: bold; }}
+th {{ font-weight: bold; }}
+td.k {{ color: {MUTED}; padding-right: 14px; }}
+.good {{ color: {GOOD}; font-weight: bold; }}
+.bad {{ color: {BAD}; font-weight: bold; }}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the run folder
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StudioError(f"{path} is damaged ({exc}).", "Re-run the job, or restore the file from a backup.") from exc
+    except OSError as exc:
+        raise StudioError(f"Cannot read the {what} {path}: {exc.strerror or exc}.",
+                          "Check the file's permissions, or run the job again.") from exc
+
+
+def read_metrics(run_dir: Path) -> tuple[dict, Optional[dict]]:
+    """metrics.json (required, as in `studio.engine.runs.read_run`) and recipe.json (optional) of a run folder."""
+    if not run_dir.is_dir():
+        raise StudioError(f"Run folder not found: {run_dir}.", "Pick a folder written by a studio run.")
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise StudioError(f"{run_dir} is not a run folder: it has no metrics.json.",
+                          "Pick the folder that holds metrics.json, recipe.json and report.html.")
+    metrics = _read_json(metrics_file, "metrics file")
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("before"), dict):
+        raise StudioError(f"{metrics_file} is not a compression run's metrics (no before/after numbers).",
+                          "Training-only runs (studio train) have no comparison; open a pruning run.")
+    recipe = None
+    recipe_file = run_dir / "recipe.json"
+    if recipe_file.is_file():
+        try:
+            recipe = _read_json(recipe_file, "recipe")
+        except StudioError as exc:
+            # the recipe only adds a summary section: say what went wrong instead of giving no report
+            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []),
+                                               f"recipe.json could not be read, so it is not shown: {exc.problem}"]}
+    return metrics, recipe if isinstance(recipe, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# charts: the engine's SVG, rasterised
+
+def svg_to_image(svg: str, scale: float = CHART_SCALE) -> QImage:
+    """Render an SVG string onto a white QImage ``scale`` times its nominal size."""
+    styled = svg.replace(">", ">" + SVG_STYLE, 1) if "<style" not in svg else svg
+    renderer = QSvgRenderer(QByteArray(styled.encode("utf-8")))
+    if not renderer.isValid():
+        raise StudioError("A report chart could not be drawn (invalid SVG).", "Please report this as a bug.")
+    size = renderer.defaultSize()
+    image = QImage(max(1, round(size.width() * scale)), max(1, round(size.height() * scale)),
+                   QImage.Format.Format_RGB32)
+    image.fill(QColor("white"))
+    painter = QPainter(image)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
+    renderer.render(painter, QRectF(0, 0, image.width(), image.height()))
+    painter.end()
+    return image
+
+
+class _Charts:
+    """Collects chart images for one document and returns the <img> tags that show them."""
+
+    def __init__(self):
+        self.images: dict[str, QImage] = {}
+
+    def tag(self, svg: str, width: float) -> str:
+        if not svg:
+            return ""
+        image = svg_to_image(svg)
+        name = f"chart-{len(self.images)}.png"
+        self.images[name] = image
+        height = width * image.height() / image.width()
+        return f'<img src="{name}" width="{width:.0f}" height="{height:.0f}">'
+
+    def add_to(self, doc: QTextDocument) -> None:
+        for name, image in self.images.items():
+            doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(name), image)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections (Qt's rich-text subset: tables instead of grids and cards)
+
+def _when(created) -> str:
+    try:
+        return datetime.datetime.fromisoformat(str(created)).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(created)
+
+
+def _kv_table(rows: list) -> str:
+    body = "".join(f'<tr><td class="k">{_e(k)}</td><td>{v}</td></tr>' for k, v in rows)
+    return f'<table cellspacing="0" cellpadding="1">{body}</table>'
+
+
+def _grid(head: list, rows: list, numeric=None, wrap=()) -> str:
+    """A table ruled between rows; ``head`` and cells are HTML.
+
+    The ``numeric`` columns (default: all but the first) align right; only the ``wrap`` columns
+    may break lines, so a row never splits across pages and names stay whole.
+    """
+    numeric = set(range(1, len(head))) if numeric is None else set(numeric)
+    rule = f"border-bottom: 1px solid {LINE};"
+
+    def attrs(i, header=False):
+        align = "right" if i in numeric else "left"
+        nowrap = "" if i in wrap else " white-space: nowrap;"
+        shade = f" background-color: {SOFT};" if header else ""
+        return f' align="{align}" style="{rule}{nowrap}{shade}"'
+
+    header = "".join(f"<th{attrs(i, True)}>{h}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td{attrs(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return (f'<table width="100%" cellspacing="0" cellpadding="3" style="border-collapse: collapse;">'
+            f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _header(metrics: dict) -> str:
+    model = metrics.get("model") or {}
+    data = metrics.get("data") or {}
+    plan = metrics.get("plan") or {}
+    spec = model.get("spec") or model.get("arch") or "model"
+    badge = ('&nbsp;&nbsp;<span class="badge">&nbsp;untrained weights: accuracy figures mean little&nbsp;</span>'
+             if model.get("trained") is False else "")
+    wall = _num(metrics.get("wall_seconds"))
+    rows = [("Architecture", model.get("arch") if model.get("arch") != spec else None),
+            ("Weights", model.get("weights_note")),
+            ("Input", "×".join(str(s) for s in model.get("input_size") or []) or None),
+            ("Classes", model.get("num_classes")),
+            ("Data", " — ".join(str(x) for x in (data.get("spec"), data.get("summary")) if x) or "none (data-free)"),
+            ("Criterion", plan.get("criterion")),
+            ("Created", _when(metrics["created"]) if metrics.get("created") else None),
+            ("Device", metrics.get("device")),
+            ("Run time", f"{wall:.1f} s" if wall else None)]
+    meta = _kv_table([(k, _e(v)) for k, v in rows if v not in (None, "")])
+    return f'<h1>Compression report</h1><p><span class="sub">{_e(spec)}</span>{badge}</p>{meta}'
+
+
+def _latency_batches(stages: list) -> list:
+    keys = set()
+    for stage in stages:
+        latency = stage.get("latency")
+        if isinstance(latency, dict):
+            keys.update(str(k) for k in latency)
+    return sorted(keys, key=lambda k: (int(k) if k.isdigit() else math.inf, k))
+
+
+def _latency(stage: dict, batch: str) -> Optional[dict]:
+    entry = (stage.get("latency") or {}).get(batch) if isinstance(stage.get("latency"), dict) else None
+    return entry if isinstance(entry, dict) and _num(entry.get("median_ms")) is not None else None
+
+
+def _summary(metrics: dict) -> str:
+    """The headline changes (the HTML report's cards) as one small table."""
+    before = metrics.get("before") or {}
+    final = metrics.get("after") or metrics.get("pruned") or {}
+    if not final:
+        return ""
+    rows = []
+    for label, key, fmt, better, worse in (("Parameters", "params", human_count, "fewer", "more"),
+                                           ("MACs", "macs", human_count, "fewer", "more"),
+                                           ("Size on disk", "dense_bytes", human_bytes, "smaller", "larger")):
+        b, a = _num(before.get(key)), _num(final.get(key))
+        if b is not None and a is not None:
+            change = ratio_text(b, a, better, worse)
+            rows.append((label, f"{fmt(b)} → {fmt(a)}", change, None if change == "no change" else a < b))
+    for batch in _latency_batches([before, final])[:1]:
+        b, a = _latency(before, batch), _latency(final, batch)
+        if b and a:
+            change = ratio_text(b["median_ms"], a["median_ms"], "faster", "slower")
+            rows.append((f"Latency ({batch})", f"{human_ms(b['median_ms'])} → {human_ms(a['median_ms'])}", change,
+                         None if change == "no change" else a["median_ms"] < b["median_ms"]))
+    b, a = _num(before.get("top1")), _num(final.get("top1"))
+    if b is not None and a is not None:
+        rows.append(("Top-1 accuracy", f"{human_pct(b)} → {human_pct(a)}", delta_pt(b, a), a >= b))
+    if not rows:
+        return ""
+    cells = [[_e(label), _e(values), f'<span class="{"" if good is None else ("good" if good else "bad")}">'
+              f"{_e(change)}</span>"] for label, values, change, good in rows]
+    return "<h2>Summary</h2>" + _grid(["", "Before → after", "Change"], cells)
+
+
+def _stage_table(metrics: dict) -> str:
+    stages = [(title, metrics[key]) for key, title in STAGES if isinstance(metrics.get(key), dict)]
+    if not stages:
+        return ""
+    rows = [("Parameters", lambda s: human_count(s.get("params"))),
+            ("MACs", lambda s: human_count(s.get("macs"))),
+            ("Size, dense", lambda s: human_bytes(s.get("dense_bytes"))),
+            ("Size, compressed", lambda s: human_bytes(s.get("compressed_bytes"))),
+            ("Zero weights", lambda s: human_pct(s.get("sparsity")))]
+    for batch in _latency_batches([s for _, s in stages]):
+        def lat(s, batch=batch):
+            entry = _latency(s, batch)
+            if not entry:
+                return "—"
+            p90 = f" (p90 {human_ms(entry['p90_ms'])})" if _num(entry.get("p90_ms")) is not None else ""
+            return human_ms(entry["median_ms"]) + p90
+        device = next(((_latency(s, batch) or {}).get("device") for _, s in stages if _latency(s, batch)), None)
+        rows.append((f"Latency, {batch}" + (f" ({device})" if device and device not in batch else ""), lat))
+    rows += [("Top-1 accuracy", lambda s: human_pct(s.get("top1"))),
+             ("Top-5 accuracy", lambda s: human_pct(s.get("top5")))]
+    body = []
+    for label, cell in rows:
+        cells = [cell(s) for _, s in stages]
+        if any(c != "—" for c in cells):   # a step that never ran (no data → no accuracy) gets no row
+            body.append([_e(label)] + [_e(c) for c in cells])
+    return "<h2>Numbers</h2>" + _grid([""] + [_e(t) for t, _ in stages], body)
+
+
+def _history(metrics: dict, charts: _Charts) -> str:
+    history = metrics.get("history") or {}
+    if not isinstance(history, dict):
+        return ""
+    order = [p for p in PHASE_TITLES if p in history] + sorted(p for p in history if p not in PHASE_TITLES)
+    blocks = []
+    for phase in order:
+        epochs = [e for e in history.get(phase) or [] if isinstance(e, dict)]
+        if not epochs:
+            continue
+
+        def points(key, scale=1.0):
+            # the same series as the HTML report: epochs counted from 1
+            return [((i if _num(e.get("epoch")) is None else e["epoch"]) + 1,
+                     None if _num(e.get(key)) is None else e[key] * scale) for i, e in enumerate(epochs)]
+
+        title = PHASE_TITLES.get(phase, phase)
+        # drawn narrower than in the HTML page so their text stays legible at half the page width
+        size = {"width": 380, "height": 230}
+        svgs = [line_chart(f"{title}: loss", [("train loss", points("train_loss")), ("val loss", points("val_loss"))],
+                           **size),
+                line_chart(f"{title}: accuracy", [("val top-1", points("val_top1", 100)),
+                                                  ("train top-1", points("train_accuracy", 100))], y_unit="%", **size)]
+        tags = [charts.tag(svg, TEXT_WIDTH_PX / 2 - 4) for svg in svgs if svg]
+        if tags:
+            blocks.append(f"<h2>{_e(title)}</h2><p>{'&nbsp;'.join(tags)}</p>")
+    return "".join(blocks)
+
+
+def _layers(metrics: dict, charts: _Charts) -> str:
+    layers = [l for l in metrics.get("layers") or [] if isinstance(l, dict)]
+    if not layers:
+        return ""
+    rows = []
+    for l in layers:
+        cb, ca = _num(l.get("channels_before")), _num(l.get("channels_after"))
+        kept = human_pct(ca / cb) if cb and ca is not None else "—"
+        rows.append([f'<span class="mono">{_e(l.get("name", ""))}</span>', _e(l.get("type", "")),
+                     _e(human_count(cb)), _e(human_count(ca)), _e(kept),
+                     _e(human_count(l.get("params_before"))), _e(human_count(l.get("params_after")))])
+    chart = charts.tag(layer_chart(layers), TEXT_WIDTH_PX)
+    return ("<h2>Layers</h2>" + (f"<p>{chart}</p>" if chart else "") +
+            _grid(["Layer", "Type", "Channels before", "Channels after", "Kept", "Params before", "Params after"],
+                  rows, numeric=range(2, 7)))
+
+
+def _exports(metrics: dict) -> str:
+    exports = [x for x in metrics.get("exports") or [] if isinstance(x, dict)]
+    if not exports:
+        return ""
+    rows = []
+    for x in exports:
+        path = str(x.get("path") or "")
+        diff = _num(x.get("max_abs_diff"))
+        diff_text = "skipped" if not path else ("not checked" if diff is None else f"{diff:.1e}")
+        rows.append([_e(x.get("format", "")), f'<span class="mono">{_e(Path(path).name if path else "—")}</span>',
+                     _e("—" if not path else human_bytes(x.get("bytes"))), _e(diff_text), _e(x.get("note") or "")])
+    table = _grid(["Format", "File", "Size", "max |Δ|", "Note"], rows, numeric=(2, 3), wrap=(4,))
+    return ("<h2>Exports</h2><p class=\"muted\">Each file was reloaded and run on a fixed random batch; "
+            "“max |Δ|” is the largest difference from the model's own outputs.</p>" + table)
+
+
+def _plan_value(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True) if value else "none"
+    if key == "rate" and _num(value) is not None:
+        return f"{value:g} (remove {value * 100:.0f}% of channels)"
+    if key == "unstructured_sparsity" and _num(value) is not None:
+        return f"{value:g} ({value * 100:.0f}%)"
+    return str(value)
+
+
+def _plan(metrics: dict) -> str:
+    plan = metrics.get("plan")
+    if not isinstance(plan, dict) or not plan:
+        return ""
+    rows = [(k.replace("_", " ").capitalize(), f'<span class="mono">{_e(_plan_value(k, v))}</span>')
+            for k, v in plan.items()]
+    return "<h2>Pruning plan</h2>" + _kv_table(rows)
+
+
+def _recipe(recipe: Optional[dict]) -> str:
+    """The training settings of the recipe; the full file stays in the run folder."""
+    if not recipe:
+        return ""
+    rows = []
+    for key, title in (("sparse_training", "Sparse training"), ("finetune", "Fine-tuning")):
+        cfg = recipe.get(key)
+        if isinstance(cfg, dict) and (cfg.get("epochs") or 0) > 0:
+            parts = [f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}", f"lr {cfg.get('lr')}",
+                     str(cfg.get("optimizer", "")), f"{cfg.get('schedule', '')} schedule",
+                     f"device {cfg.get('device', 'auto')}" + (", AMP" if cfg.get("amp") else "")]
+            if key == "sparse_training" and cfg.get("bn_l1"):
+                parts.append(f"BN L1 λ {cfg['bn_l1']:g}")
+            rows.append((title, _e(", ".join(p for p in parts if p))))
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    if data.get("batch_size"):
+        rows.append(("Batch size", _e(data["batch_size"])))
+    if "retrain" in recipe:
+        rows.append(("After pruning", "retrain from scratch" if recipe["retrain"] else "fine-tune the kept weights"))
+    if recipe.get("exports"):
+        rows.append(("Exports", _e(", ".join(str(x) for x in recipe["exports"]))))
+    if "seed" in recipe:
+        rows.append(("Seed", _e(recipe["seed"])))
+    if not rows:
+        return ""
+    return ("<h2>Recipe</h2>" + _kv_table(rows) +
+            '<p class="muted">The full recipe is recipe.json in the run folder: run it again to reproduce the run.</p>')
+
+
+def _warnings(metrics: dict) -> str:
+    warnings = [w for w in metrics.get("warnings") or [] if w]
+    if not warnings:
+        return ""
+    return "<h2>Warnings</h2><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
+
+
+def _title(metrics: dict) -> str:
+    model = metrics.get("model") or {}
+    return f"Compression report — {model.get('spec') or model.get('arch') or 'model'}"
+
+
+def report_html(metrics: dict, recipe: Optional[dict], charts: _Charts) -> str:
+    """The report as Qt rich text; chart images are collected in ``charts``."""
+    version = metrics.get("studio_version")
+    body = "".join(part for part in (
+        _header(metrics), _summary(metrics), _stage_table(metrics), _history(metrics, charts),
+        _layers(metrics, charts), _exports(metrics), _plan(metrics), _warnings(metrics), _recipe(recipe)) if part)
+    footer = (f'<p class="muted" style="margin-top: 18px;">Generated by Compression Studio'
+              f"{(' ' + _e(version)) if version else ''} on {datetime.date.today().isoformat()}.</p>")
+    return (f"<html><head><title>{_e(_title(metrics))}</title><style>{STYLE}</style></head>"
+            f"<body>{body}{footer}</body></html>")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def build_document(metrics: dict, recipe: Optional[dict] = None) -> QTextDocument:
+    """The report as a QTextDocument with its chart images attached (not yet paginated)."""
+    charts = _Charts()
+    text = report_html(metrics, recipe, charts)
+    doc = QTextDocument()
+    font = QFont()
+    font.setPointSizeF(9.0)
+    doc.setDefaultFont(font)
+    doc.setDocumentMargin(0)   # the page margins are the writer's
+    charts.add_to(doc)         # resources first: setHtml lays out the images at once
+    doc.setHtml(text)
+    return doc
+
+
+def _line_top(doc: QTextDocument, block) -> float:
+    """Document y of the block's first line (pagination may push lines down inside a block)."""
+    top = doc.documentLayout().blockBoundingRect(block).top()
+    layout = block.layout()
+    return top + (layout.lineAt(0).y() if layout is not None and layout.lineCount() else 0.0)
+
+
+def keep_headings_with_next(doc: QTextDocument, page_height: float) -> int:
+    """Move each heading that would end a page to the next one; returns how many were moved."""
+    moved = 0
+    block = doc.begin()
+    while block.isValid():
+        following = block.next()
+        while following.isValid() and not following.text().strip():
+            following = following.next()   # skip empty spacer blocks
+        if block.blockFormat().headingLevel() and following.isValid():
+            doc.documentLayout().documentSize()   # finish the (lazy) layout after earlier moves
+            if int(_line_top(doc, block) // page_height) != int(_line_top(doc, following) // page_height):
+                fmt = QTextBlockFormat()
+                fmt.setPageBreakPolicy(QTextFormat.PageBreakFlag.PageBreak_AlwaysBefore)
+                QTextCursor(block).mergeBlockFormat(fmt)
+                moved += 1
+        block = block.next()
+    return moved
+
+
+def _paint_pages(doc: QTextDocument, writer: QPdfWriter, title: str, body: QSizeF) -> None:
+    painter = QPainter()
+    if not painter.begin(writer):
+        raise StudioError("Could not start writing the PDF report.",
+                          "Check that the run folder is writable and the disk is not full.")
+    try:
+        footer_font = QFont(doc.defaultFont())
+        footer_font.setPointSizeF(7.5)
+        pages = doc.pageCount()
+        for page in range(pages):
+            if page:
+                writer.newPage()
+            painter.save()
+            painter.translate(0, -page * body.height())
+            context = QAbstractTextDocumentLayout.PaintContext()
+            context.clip = QRectF(0, page * body.height(), body.width(), body.height())
+            doc.documentLayout().draw(painter, context)
+            painter.restore()
+            # footer: a rule, the title on the left, the page number on the right
+            top = body.height() + writer.resolution() * 0.12
+            painter.setPen(QPen(QColor(LINE), writer.resolution() / 150))
+            painter.drawLine(QPointF(0, top), QPointF(body.width(), top))
+            painter.setPen(QColor(MUTED))
+            painter.setFont(footer_font)
+            text_rect = QRectF(0, top + writer.resolution() * 0.04, body.width(), writer.resolution() * 0.25)
+            painter.drawText(text_rect, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop), title)
+            painter.drawText(text_rect, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop),
+                             f"Page {page + 1} of {pages}")
+    finally:
+        painter.end()
+
+
+def write_pdf_report(run_dir) -> Path:
+    """Write ``run_dir/report.pdf`` from the run's metrics.json (and recipe.json); return its path.
+
+    The file is written to a temporary file beside it and renamed when complete: on any error
+    nothing is left behind and an existing report.pdf is kept. A missing or damaged
+    metrics.json is a `StudioError`.
+    """
+    run_dir = Path(run_dir).expanduser()
+    metrics, recipe = read_metrics(run_dir)
+    if QGuiApplication.instance() is None:
+        raise StudioError("Writing a PDF report needs the Qt application to be running.",
+                          "Create a QGuiApplication first (the GUI does), or use the run's report.html.")
+    doc = build_document(metrics, recipe)
+    title = _title(metrics)
+    target = run_dir / PDF_NAME
+    with atomic_write(target) as tmp:
+        writer = QPdfWriter(str(tmp))
+        writer.setResolution(RESOLUTION)
+        writer.setTitle(title)
+        writer.setCreator("Compression Studio")
+        writer.setPageLayout(QPageLayout(QPageSize(QPageSize.PageSizeId.A4), QPageLayout.Orientation.Portrait,
+                                         MARGINS_MM, QPageLayout.Unit.Millimeter))
+        # lay the text out at the PDF's own resolution (exact font metrics), leaving room for the footer
+        doc.documentLayout().setPaintDevice(writer)
+        body = QSizeF(writer.width(), writer.height() - RESOLUTION * FOOTER_INCH)
+        doc.setPageSize(body)
+        keep_headings_with_next(doc, body.height())
+        _paint_pages(doc, writer, title, body)
+        del writer   # the PDF is complete and closed when the writer goes away
+        if tmp.stat().st_size == 0:
+            raise StudioError(f"Could not write the PDF report in {run_dir}.",
+                              "Check that the folder is writable and the disk is not full.")
+    return target
