@@ -149,3 +149,14 @@ def test_minimal_metrics_without_data_or_history(qapp, run):
     assert "Layers" not in text and "Top-1 accuracy" not in text and "Recipe" not in text
     data = write_pdf_report(run).read_bytes()
     assert data.startswith(b"%PDF") and b"/Subtype /Image" not in data   # no history, no layers: no charts
+
+
+def test_child_process_writer_for_worker_threads(run):
+    from studio.app.pdf_report import write_pdf_report_in_subprocess
+    path = write_pdf_report_in_subprocess(run)
+    assert path.read_bytes().startswith(b"%PDF")
+    (run / "metrics.json").write_text("{broken", encoding="utf-8")
+    (run / "report.pdf").unlink()
+    with pytest.raises(StudioError, match="report.pdf could not be written: error: .*damaged"):
+        write_pdf_report_in_subprocess(run)
+    assert not (run / "report.pdf").exists()

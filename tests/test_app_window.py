@@ -129,11 +129,14 @@ def test_a_run_fills_plots_and_the_runs_table_then_exports(qtbot, window, tmp_pa
         assert torch.equal(v, original[k]), k
 
     target = window.export_run(run, tmp_path / "exported")
+    wait_idle(qtbot, window)
+    assert not errors, errors
     assert target is not None and target.is_dir()
     names = {p.name for p in target.iterdir()}
     assert {"recipe.json", "metrics.json", "report.html", "report.pdf"} <= names
     assert any(n.endswith(".ckpt.pt") for n in names)
     assert (target / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not list((tmp_path / "exported").glob(".*partial"))
     assert window.export_run(run, tmp_path / "exported") is None   # never overwrites
     assert "already exists" in str(errors[-1])
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from studio.engine.events import EpochEnd, Phase, Progress, TrainStep
 
+REDRAW_MS = 250
 PHASE_TITLES = {"analyse": "Analysing", "sparse-train": "Sparse training", "prune": "Pruning",
                 "fine-tune": "Fine-tuning", "retrain": "Retraining", "evaluate": "Evaluating",
                 "measure": "Measuring", "export": "Exporting", "report": "Writing report"}
@@ -95,11 +96,20 @@ class JobPanel(QWidget):
         self.cancel_button.setToolTip("Stop the job after the current batch. Nothing it did is kept.")
         self.pause_button.clicked.connect(self._toggle_pause)
         self.cancel_button.clicked.connect(self.cancelRequested)
+        for button in (self.pause_button, self.cancel_button):
+            button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         row = QHBoxLayout(self)
         row.setContentsMargins(4, 0, 4, 0)
-        for w in (self.phase_label, self.bar, self.detail, self.eta, self.pause_button, self.cancel_button):
+        for w in (self.phase_label, self.bar, self.detail, self.eta):
             row.addWidget(w)
+        row.addStretch(1)
+        row.addWidget(self.pause_button)
+        row.addWidget(self.cancel_button)
         self._paused = False
+        self._redraw = QTimer(self)
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(REDRAW_MS)
+        self._redraw.timeout.connect(self._render)
         self.set_running(False)
 
     def set_running(self, running: bool, phase_epochs: Optional[dict] = None) -> None:
@@ -116,15 +126,24 @@ class JobPanel(QWidget):
             self.bar.setRange(0, 0)
 
     def finish(self, text: str) -> None:
+        self._redraw.stop()
         self.set_running(False)
         self.phase_label.setText(text)
         self.detail.setText("")
 
     def feed(self, events: list) -> None:
+        """Take the job's events; the strip is redrawn at most `REDRAW_MS` apart (repaints cost CPU
+        that training on the same cores would miss)."""
         for e in events:
             self.clock.feed(e)
+        if not self._redraw.isActive():
+            self._render()
+            self._redraw.start()
+
+    def _render(self) -> None:
         c = self.clock
-        self.phase_label.setText(PHASE_TITLES.get(c.phase, c.phase.capitalize() or "Working"))
+        title = PHASE_TITLES.get(c.phase, c.phase.capitalize() or "Working")
+        self.phase_label.setText(f"Paused ({title.lower()})" if self._paused else title)
         self.detail.setText(c.message)
         if c.total > 0:
             self.bar.setRange(0, c.total)

@@ -25,7 +25,7 @@ from studio.app.document import Document, OpenedModel
 from studio.app.graph_view import GraphView, node_size
 from studio.app.inspector import InspectorPanel
 from studio.app.job_panel import JobPanel, format_duration
-from studio.app.pdf_report import write_pdf_report
+from studio.app.pdf_report import write_pdf_report_in_subprocess
 from studio.app.plots import LivePlots
 from studio.app.runs_panel import RunsPanel
 from studio.app.session import Autosaver, RecentFiles, Session, autosave_path, load_session, save_session
@@ -34,7 +34,7 @@ from studio.app.tasks import TaskRunner
 from studio.engine.criteria import get_criterion
 from studio.engine.data import check_compatible, load_data
 from studio.engine.errors import StudioError
-from studio.engine.events import CancelToken, Log
+from studio.engine.events import CancelToken, Log, Phase
 from studio.engine.graph import LayerGraph, build_graph
 from studio.engine.jobs import calibration_batches, run_recipe
 from studio.engine.layout import layered_layout
@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
 
         self.docks = {}
         for key, title, widget, area in (
-                ("strategy", "Strategy", self.strategy, Qt.DockWidgetArea.RightDockWidgetArea),
+                ("strategy", "Strategy", self.strategy, Qt.DockWidgetArea.LeftDockWidgetArea),
                 ("inspector", "Inspector", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea),
                 ("plots", "Live plots", self.plots, Qt.DockWidgetArea.BottomDockWidgetArea),
                 ("runs", "Runs", self.runs_panel, Qt.DockWidgetArea.BottomDockWidgetArea),
@@ -167,11 +167,13 @@ class MainWindow(QMainWindow):
             dock.setWidget(widget)
             self.addDockWidget(area, dock)
             self.docks[key] = dock
-        self.splitDockWidget(self.docks["strategy"], self.docks["inspector"], Qt.Orientation.Vertical)
         self.tabifyDockWidget(self.docks["plots"], self.docks["runs"])
         self.tabifyDockWidget(self.docks["runs"], self.docks["log"])
         self.docks["plots"].raise_()
-        self.resize(1500, 950)
+        self.resize(1600, 1000)
+        # The graph is the centre of the window: side panels at their natural width, plots short.
+        self.resizeDocks([self.docks["strategy"], self.docks["inspector"]], [350, 360], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.docks["plots"]], [270], Qt.Orientation.Vertical)
 
     def _action(self, text: str, slot: Callable, shortcut=None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -450,8 +452,7 @@ class MainWindow(QMainWindow):
     def _on_model_changed(self) -> None:
         opened = self.document.model
         self._scores = {}
-        self.graph.set_graph(opened.layer_graph, opened.layout)
-        self.graph.fit()
+        self.graph.set_graph(opened.layer_graph, opened.layout)   # opens at a readable zoom
         self._result_layers = None
         self.result_check.setChecked(False)
         self.result_check.setEnabled(False)
@@ -619,13 +620,12 @@ class MainWindow(QMainWindow):
 
         def work():
             result = yield from run_recipe(recipe, out, token=token, loaded=loaded, bundle=bundle)
-            # Rendering the PDF takes a few hundred ms: done here, off the UI thread (QTextDocument
-            # and QPdfWriter may paint in any thread).
+            yield Phase("report", "Writing report.pdf")
             pdf_note = ""
             try:
-                write_pdf_report(result.run_dir)
-            except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what is missing
-                pdf_note = f"report.pdf could not be written: {exc}"
+                write_pdf_report_in_subprocess(result.run_dir)
+            except StudioError as exc:   # the run itself succeeded; say what is missing
+                pdf_note = str(exc)
             # The slimmed module stays on the engine thread; the window reads the run folder.
             return {"run_dir": str(result.run_dir), "pdf_note": pdf_note}
 
@@ -650,6 +650,7 @@ class MainWindow(QMainWindow):
     def _job_ended(self) -> None:
         self.job_token = None
         self._refresh_enabled()
+        self._schedule_prediction()   # estimates are held back while a job runs
 
     def _on_job_done(self, result: dict, started: float) -> None:
         self._job_ended()
@@ -704,7 +705,10 @@ class MainWindow(QMainWindow):
 
     # ================================================================== export
     def export_run(self, run=None, destination=None) -> Optional[Path]:
-        """Copy a run folder (the selected or the latest run) to ``destination``; returns the new folder."""
+        """Copy a run folder (the selected or the latest run) into ``destination`` on the engine thread.
+
+        Returns the folder the export will create, or None when it was refused.
+        """
         runs = self.runs_panel.selected_runs() or self.document.runs[-1:]
         run = run or (runs[0] if runs else None)
         if run is None:
@@ -723,20 +727,30 @@ class MainWindow(QMainWindow):
             self._fail(StudioError(f"{target} already exists.", "Choose another folder; exports never overwrite."),
                        "")
             return None
-        staging = target.with_name(f".{target.name}.partial")
-        try:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(run.path, staging)
-            if not (staging / "report.pdf").exists():
-                write_pdf_report(staging)
-            os.replace(staging, target)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            self._fail(StudioError(f"Export to {destination} failed: {exc.strerror or exc}.",
-                                   "Check that the folder is writable and the disk has space."), "")
-            return None
-        self._log(f"Exported {run.name} → {target}")
-        self.statusBar().showMessage(f"Exported to {target}")
+        source = run.path
+
+        def work() -> Path:
+            # Copy into a hidden folder and rename at the end: a failed export leaves nothing.
+            staging = target.with_name(f".{target.name}.partial")
+            try:
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(source, staging)
+                if not (staging / "report.pdf").exists():   # a CLI run folder has the HTML report only
+                    write_pdf_report_in_subprocess(staging)
+                os.replace(staging, target)
+            except OSError as exc:
+                raise StudioError(f"Export to {destination} failed: {exc.strerror or exc}.",
+                                  "Check that the folder is writable and the disk has space.") from exc
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return target
+
+        def done(path: Path) -> None:
+            self._log(f"Exported {run.name} → {path}")
+            self.statusBar().showMessage(f"Exported to {path}")
+
+        self.statusBar().showMessage(f"Exporting {run.name}…")
+        self.runner.submit("export", work, on_done=done, on_error=self._fail)
         return target
 
     # ================================================================== sessions

@@ -520,3 +520,48 @@ def write_pdf_report(run_dir) -> Path:
             raise StudioError(f"Could not write the PDF report in {run_dir}.",
                               "Check that the folder is writable and the disk is not full.")
     return target
+
+
+def write_pdf_report_in_subprocess(run_dir, timeout_s: float = 300) -> Path:
+    """`write_pdf_report` in a child process, for callers on a worker thread.
+
+    Qt's text layout and PDF painting hold Python's GIL for up to ~100 ms at a time, which
+    would freeze the UI thread just as long; a child process has its own interpreter. Its
+    failure is a `StudioError` with the child's last error line.
+    """
+    import os
+    import subprocess
+    import sys
+    run_dir = Path(run_dir).expanduser()
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}   # a PDF needs no display
+    try:
+        done = subprocess.run([sys.executable, "-m", "studio.app.pdf_report", str(run_dir)], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise StudioError(f"Writing report.pdf took longer than {timeout_s:.0f} s and was stopped.",
+                          "The HTML report in the run folder has the same content.") from exc
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise StudioError(f"report.pdf could not be written: {lines[-1] if lines else 'unknown error'}",
+                          "The HTML report in the run folder has the same content.")
+    return run_dir / PDF_NAME
+
+
+def main(argv=None) -> int:
+    """``python -m studio.app.pdf_report RUN_DIR``: write RUN_DIR/report.pdf."""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m studio.app.pdf_report RUN_DIR", file=sys.stderr)
+        return 2
+    app = QGuiApplication.instance() or QGuiApplication(sys.argv[:1])  # noqa: F841 - fonts and painting need it
+    try:
+        print(write_pdf_report(args[0]))
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

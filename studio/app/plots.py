@@ -36,7 +36,7 @@ TEXT_COLOR = "#374151"
 # (metrics key, axis label, formatter) of the size chart's bar groups
 SIZE_KEYS = (("params", "Params", human_count), ("macs", "MACs", human_count),
              ("dense_bytes", "Size", human_bytes))
-REFRESH_MS = 250            # ~4 Hz: smooth enough to watch, cheap on a 2-core laptop
+REFRESH_MS = 500            # 2 Hz: each refresh repaints the charts (~20 ms); more would slow training
 IDLE_TICKS_BEFORE_STOP = 8  # stop the timer after ~2 s without new events
 
 

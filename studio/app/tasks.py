@@ -51,8 +51,23 @@ class _Worker(QObject):
     failed = Signal(int, object, str)
     cancelled = Signal(int)
 
+    def __init__(self, torch_threads: int):
+        super().__init__()
+        self._torch_threads = torch_threads
+
     @Slot()
-    def lower_priority(self) -> None:
+    def prepare_thread(self) -> None:
+        """Runs first on the engine thread: same torch thread count as the process, lower priority.
+
+        OpenMP keeps its thread count per OS thread, so a thread torch has not seen would use
+        every core whatever `torch.set_num_threads` said on the main thread.
+        """
+        import torch
+        torch.set_num_threads(self._torch_threads)
+        self._lower_priority()
+
+    @staticmethod
+    def _lower_priority() -> None:
         """Make the engine thread (and the math threads it starts) slightly nicer than the UI.
 
         On a machine whose cores are all busy training, the UI thread would otherwise wait
@@ -113,14 +128,15 @@ class TaskRunner(QObject):
         self._tasks: dict[int, Task] = {}
         self._thread = QThread()
         self._thread.setObjectName("studio-engine")
-        self._worker = _Worker()
+        import torch
+        self._worker = _Worker(torch.get_num_threads())
         self._worker.moveToThread(self._thread)
         self._submit.connect(self._worker.execute)
         self._worker.events.connect(self._on_events)
         self._worker.finished.connect(self._on_finished)
         self._worker.failed.connect(self._on_failed)
         self._worker.cancelled.connect(self._on_cancelled)
-        self._thread.started.connect(self._worker.lower_priority)
+        self._thread.started.connect(self._worker.prepare_thread)
         self._thread.start()
 
     @property
