@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QS
 
 from studio.engine.events import EpochEnd, Phase, Progress, TrainStep
 
-REDRAW_MS = 250
+REDRAW_MS = 500
 PHASE_TITLES = {"analyse": "Analysing", "sparse-train": "Sparse training", "prune": "Pruning",
                 "fine-tune": "Fine-tuning", "retrain": "Retraining", "evaluate": "Evaluating",
                 "measure": "Measuring", "export": "Exporting", "report": "Writing report"}

@@ -36,8 +36,9 @@ TEXT_COLOR = "#374151"
 # (metrics key, axis label, formatter) of the size chart's bar groups
 SIZE_KEYS = (("params", "Params", human_count), ("macs", "MACs", human_count),
              ("dense_bytes", "Size", human_bytes))
-REFRESH_MS = 500            # 2 Hz: each refresh repaints the charts (~20 ms); more would slow training
-IDLE_TICKS_BEFORE_STOP = 8  # stop the timer after ~2 s without new events
+REFRESH_MS = 1000           # 1 Hz: a refresh repaints the charts (~20-25 ms of UI CPU), which training on
+                            # the same cores pays for; see bench/gui_responsiveness.py
+IDLE_TICKS_BEFORE_STOP = 3  # stop the timer after ~3 s without new events
 
 
 @dataclass
