@@ -236,3 +236,28 @@ def test_errors_reach_a_dialog_not_a_crash(qtbot, window, tmp_path, errors):
     window.open_data(str(tmp_path / "missing-folder"))
     wait_idle(qtbot, window)
     assert len(errors) == 2
+
+
+def test_dropped_paths_open_by_kind(qtbot, window, tmp_path, errors):
+    """Drag and drop hands each path to open_path: run folders, sessions, data and models."""
+    open_small(qtbot, window)
+    quick_recipe(window)
+    window.run_job()
+    wait_idle(qtbot, window, timeout=120000)
+    run_dir = window.runs_panel.runs()[0].path
+    session = tmp_path / "s.studio"
+    window._write_session(session)
+
+    other = MainWindow(settings=window.settings, runs_dir=tmp_path / "runs2", autosave_file=tmp_path / "a2.studio")
+    qtbot.addWidget(other)
+    try:
+        other.open_path(str(run_dir))
+        assert [r.path for r in other.runs_panel.runs()] == [run_dir]
+        other.open_path(str(session))
+        wait_idle(qtbot, other)
+        wait_idle(qtbot, other)
+        assert other.document.model is not None and other.document.data is not None
+        assert other.session_path == session
+    finally:
+        other.runner.shutdown()
+    assert not errors, errors
