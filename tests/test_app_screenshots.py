@@ -9,7 +9,7 @@ import copy
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QImage
 
 from studio.app import dialogs
@@ -72,9 +72,20 @@ def test_screenshots_of_the_demo(qtbot, tmp_path, monkeypatch):
         window.graph.centerOn(window.graph.node_item("layer3.0.conv1"))
         qtbot.wait(300)
         save(window, "main-window-after-run.png")
+        # A second, gentler run gives the compare view something to compare.
+        gentler = copy.deepcopy(window.document.recipe)
+        gentler.plan.rate = 0.3
+        gentler.plan.layer_rates = {}
+        window.document.replace_recipe(gentler)
+        window.run_job()
+        qtbot.waitUntil(lambda: not window.runner.busy, timeout=300000)
+        assert not errors, errors
+        assert len(window.runs_panel.runs()) == 2
         window.docks["runs"].raise_()
+        window.resizeDocks([window.docks["runs"]], [430], Qt.Orientation.Vertical)
         window.runs_panel.compare()
-        qtbot.wait(200)
+        qtbot.waitUntil(lambda: not window.runner.busy and not window._prediction_timer.isActive(), timeout=60000)
+        qtbot.wait(300)
         save(window, "main-window-runs.png")
     finally:
         window.runner.shutdown()

@@ -127,11 +127,12 @@ class JobPanel(QWidget):
             self.detail.setText("")
             self.bar.setRange(0, 0)
 
-    def finish(self, text: str) -> None:
+    def finish(self, title: str, detail: str = "") -> None:
+        """The job ended: ``title`` is one word ("Done", "Cancelled", "Failed"), ``detail`` the outcome."""
         self._redraw.stop()
         self.set_running(False)
-        self.phase_label.setText(text)
-        self.detail.setText("")
+        self.phase_label.setText(title)
+        self.detail.setText(detail)
 
     def feed(self, events: list) -> None:
         """Take the job's events; the strip is redrawn at most `REDRAW_MS` apart (repaints cost CPU

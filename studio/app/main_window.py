@@ -669,19 +669,19 @@ class MainWindow(QMainWindow):
         took = format_duration(time.monotonic() - started)
         top1 = summary.after.get("top1")
         acc = f", top-1 {top1:.1%}" if top1 is not None else ""
-        self.job_panel.finish(f"Done in {took}: {summary.speedup_macs:.2f}× fewer MACs{acc}")
+        self.job_panel.finish("Done", f"in {took}: {summary.speedup_macs:.2f}× fewer MACs{acc}")
         self._log(f"Run finished: {run_dir}")
 
     def _on_job_failed(self, exc: BaseException, details: str) -> None:
         self._job_ended()
         self.plots.restore_previous()
-        self.job_panel.finish("Failed: nothing was changed")
+        self.job_panel.finish("Failed", "nothing was changed")
         self._fail(exc, details)
 
     def _on_job_cancelled(self) -> None:
         self._job_ended()
         self.plots.restore_previous()
-        self.job_panel.finish("Cancelled: nothing was changed")
+        self.job_panel.finish("Cancelled", "nothing was changed")
         self._log("Run cancelled; the model and the runs are as they were before Run.")
 
     def _pause(self) -> None:

@@ -10,9 +10,7 @@ QApplication) must exist, as in the GUI; the offscreen platform is enough.
 from __future__ import annotations
 
 import datetime
-import html
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -24,8 +22,10 @@ from PySide6.QtSvg import QSvgRenderer
 
 from studio.engine.errors import StudioError
 from studio.engine.files import atomic_write
-from studio.engine.report import (PHASE_TITLES, STAGES, delta_pt, human_bytes, human_count, human_ms, human_pct,
-                                  layer_chart, line_chart, ratio_text)
+from studio.engine.report import EXPORT_COLUMNS, EXPORTS_NOTE, LAYER_COLUMNS
+from studio.engine.report import escape as _e
+from studio.engine.report import (export_rows, header_rows, headlines, history_charts, layer_chart, layer_rows,
+                                  model_name, plan_rows, read_recipe, report_title, stage_rows, warning_lines)
 
 PDF_NAME = "report.pdf"
 RESOLUTION = 300                 # dpi of the PDF's device: crisp chart images, exact text
@@ -56,17 +56,6 @@ td.k {{ color: {MUTED}; padding-right: 14px; }}
 """
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # reading the run folder
 
@@ -92,16 +81,7 @@ def read_metrics(run_dir: Path) -> tuple[dict, Optional[dict]]:
     if not isinstance(metrics, dict) or not isinstance(metrics.get("before"), dict):
         raise StudioError(f"{metrics_file} is not a compression run's metrics (no before/after numbers).",
                           "Training-only runs (studio train) have no comparison; open a pruning run.")
-    recipe = None
-    recipe_file = run_dir / "recipe.json"
-    if recipe_file.is_file():
-        try:
-            recipe = _read_json(recipe_file, "recipe")
-        except StudioError as exc:
-            # the recipe only adds a summary section: say what went wrong instead of giving no report
-            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []),
-                                               f"recipe.json could not be read, so it is not shown: {exc.problem}"]}
-    return metrics, recipe if isinstance(recipe, dict) else None
+    return read_recipe(run_dir, metrics, lambda path: _read_json(path, "recipe"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,13 +128,6 @@ class _Charts:
 # ---------------------------------------------------------------------------------------------
 # sections (Qt's rich-text subset: tables instead of grids and cards)
 
-def _when(created) -> str:
-    try:
-        return datetime.datetime.fromisoformat(str(created)).strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return str(created)
-
-
 def _kv_table(rows: list) -> str:
     body = "".join(f'<tr><td class="k">{_e(k)}</td><td>{v}</td></tr>' for k, v in rows)
     return f'<table cellspacing="0" cellpadding="1">{body}</table>'
@@ -182,181 +155,58 @@ def _grid(head: list, rows: list, numeric=None, wrap=()) -> str:
 
 
 def _header(metrics: dict) -> str:
-    model = metrics.get("model") or {}
-    data = metrics.get("data") or {}
-    plan = metrics.get("plan") or {}
-    spec = model.get("spec") or model.get("arch") or "model"
     badge = ('&nbsp;&nbsp;<span class="badge">&nbsp;untrained weights: accuracy figures mean little&nbsp;</span>'
-             if model.get("trained") is False else "")
-    wall = _num(metrics.get("wall_seconds"))
-    rows = [("Architecture", model.get("arch") if model.get("arch") != spec else None),
-            ("Weights", model.get("weights_note")),
-            ("Input", "×".join(str(s) for s in model.get("input_size") or []) or None),
-            ("Classes", model.get("num_classes")),
-            ("Data", " — ".join(str(x) for x in (data.get("spec"), data.get("summary")) if x) or "none (data-free)"),
-            ("Criterion", plan.get("criterion")),
-            ("Created", _when(metrics["created"]) if metrics.get("created") else None),
-            ("Device", metrics.get("device")),
-            ("Run time", f"{wall:.1f} s" if wall else None)]
-    meta = _kv_table([(k, _e(v)) for k, v in rows if v not in (None, "")])
-    return f'<h1>Compression report</h1><p><span class="sub">{_e(spec)}</span>{badge}</p>{meta}'
-
-
-def _latency_batches(stages: list) -> list:
-    keys = set()
-    for stage in stages:
-        latency = stage.get("latency")
-        if isinstance(latency, dict):
-            keys.update(str(k) for k in latency)
-    return sorted(keys, key=lambda k: (int(k) if k.isdigit() else math.inf, k))
-
-
-def _latency(stage: dict, batch: str) -> Optional[dict]:
-    entry = (stage.get("latency") or {}).get(batch) if isinstance(stage.get("latency"), dict) else None
-    return entry if isinstance(entry, dict) and _num(entry.get("median_ms")) is not None else None
+             if (metrics.get("model") or {}).get("trained") is False else "")
+    meta = _kv_table([(k, _e(v)) for k, v in header_rows(metrics)])
+    return f'<h1>Compression report</h1><p><span class="sub">{_e(model_name(metrics))}</span>{badge}</p>{meta}'
 
 
 def _summary(metrics: dict) -> str:
     """The headline changes (the HTML report's cards) as one small table."""
-    before = metrics.get("before") or {}
-    final = metrics.get("after") or metrics.get("pruned") or {}
-    if not final:
-        return ""
-    rows = []
-    for label, key, fmt, better, worse in (("Parameters", "params", human_count, "fewer", "more"),
-                                           ("MACs", "macs", human_count, "fewer", "more"),
-                                           ("Size on disk", "dense_bytes", human_bytes, "smaller", "larger")):
-        b, a = _num(before.get(key)), _num(final.get(key))
-        if b is not None and a is not None:
-            change = ratio_text(b, a, better, worse)
-            rows.append((label, f"{fmt(b)} → {fmt(a)}", change, None if change == "no change" else a < b))
-    for batch in _latency_batches([before, final])[:1]:
-        b, a = _latency(before, batch), _latency(final, batch)
-        if b and a:
-            change = ratio_text(b["median_ms"], a["median_ms"], "faster", "slower")
-            rows.append((f"Latency ({batch})", f"{human_ms(b['median_ms'])} → {human_ms(a['median_ms'])}", change,
-                         None if change == "no change" else a["median_ms"] < b["median_ms"]))
-    b, a = _num(before.get("top1")), _num(final.get("top1"))
-    if b is not None and a is not None:
-        rows.append(("Top-1 accuracy", f"{human_pct(b)} → {human_pct(a)}", delta_pt(b, a), a >= b))
-    if not rows:
-        return ""
-    cells = [[_e(label), _e(values), f'<span class="{"" if good is None else ("good" if good else "bad")}">'
-              f"{_e(change)}</span>"] for label, values, change, good in rows]
-    return "<h2>Summary</h2>" + _grid(["", "Before → after", "Change"], cells)
+    cells = [[_e(row.label), _e(f"{row.before} → {row.after}"),
+              f'<span class="{"" if row.good is None else ("good" if row.good else "bad")}">{_e(row.change)}</span>']
+             for row in headlines(metrics, compact=True)]
+    return "<h2>Summary</h2>" + _grid(["", "Before → after", "Change"], cells) if cells else ""
 
 
 def _stage_table(metrics: dict) -> str:
-    stages = [(title, metrics[key]) for key, title in STAGES if isinstance(metrics.get(key), dict)]
-    if not stages:
+    titles, rows = stage_rows(metrics, compact=True)
+    if not titles:
         return ""
-    rows = [("Parameters", lambda s: human_count(s.get("params"))),
-            ("MACs", lambda s: human_count(s.get("macs"))),
-            ("Size, dense", lambda s: human_bytes(s.get("dense_bytes"))),
-            ("Size, compressed", lambda s: human_bytes(s.get("compressed_bytes"))),
-            ("Zero weights", lambda s: human_pct(s.get("sparsity")))]
-    for batch in _latency_batches([s for _, s in stages]):
-        def lat(s, batch=batch):
-            entry = _latency(s, batch)
-            if not entry:
-                return "—"
-            p90 = f" (p90 {human_ms(entry['p90_ms'])})" if _num(entry.get("p90_ms")) is not None else ""
-            return human_ms(entry["median_ms"]) + p90
-        device = next(((_latency(s, batch) or {}).get("device") for _, s in stages if _latency(s, batch)), None)
-        rows.append((f"Latency, {batch}" + (f" ({device})" if device and device not in batch else ""), lat))
-    rows += [("Top-1 accuracy", lambda s: human_pct(s.get("top1"))),
-             ("Top-5 accuracy", lambda s: human_pct(s.get("top5")))]
-    body = []
-    for label, cell in rows:
-        cells = [cell(s) for _, s in stages]
-        if any(c != "—" for c in cells):   # a step that never ran (no data → no accuracy) gets no row
-            body.append([_e(label)] + [_e(c) for c in cells])
-    return "<h2>Numbers</h2>" + _grid([""] + [_e(t) for t, _ in stages], body)
+    return "<h2>Numbers</h2>" + _grid(["", *(_e(t) for t in titles)],
+                                      [[_e(c) for c in (label, *cells)] for label, cells in rows])
 
 
 def _history(metrics: dict, charts: _Charts) -> str:
-    history = metrics.get("history") or {}
-    if not isinstance(history, dict):
-        return ""
-    order = [p for p in PHASE_TITLES if p in history] + sorted(p for p in history if p not in PHASE_TITLES)
+    # drawn narrower than in the HTML page so their text stays legible at half the page width
     blocks = []
-    for phase in order:
-        epochs = [e for e in history.get(phase) or [] if isinstance(e, dict)]
-        if not epochs:
-            continue
-
-        def points(key, scale=1.0):
-            # the same series as the HTML report: epochs counted from 1
-            return [((i if _num(e.get("epoch")) is None else e["epoch"]) + 1,
-                     None if _num(e.get(key)) is None else e[key] * scale) for i, e in enumerate(epochs)]
-
-        title = PHASE_TITLES.get(phase, phase)
-        # drawn narrower than in the HTML page so their text stays legible at half the page width
-        size = {"width": 380, "height": 230}
-        svgs = [line_chart(f"{title}: loss", [("train loss", points("train_loss")), ("val loss", points("val_loss"))],
-                           **size),
-                line_chart(f"{title}: accuracy", [("val top-1", points("val_top1", 100)),
-                                                  ("train top-1", points("train_accuracy", 100))], y_unit="%", **size)]
-        tags = [charts.tag(svg, TEXT_WIDTH_PX / 2 - 4) for svg in svgs if svg]
-        if tags:
-            blocks.append(f"<h2>{_e(title)}</h2><p>{'&nbsp;'.join(tags)}</p>")
+    for title, svgs in history_charts(metrics, width=380, height=230):
+        tags = "&nbsp;".join(charts.tag(svg, TEXT_WIDTH_PX / 2 - 4) for svg in svgs)
+        blocks.append(f"<h2>{_e(title)}</h2><p>{tags}</p>")
     return "".join(blocks)
 
 
 def _layers(metrics: dict, charts: _Charts) -> str:
-    layers = [l for l in metrics.get("layers") or [] if isinstance(l, dict)]
-    if not layers:
+    rows = [[f'<span class="mono">{_e(name)}</span>', *(_e(c) for c in cells)] for name, *cells in layer_rows(metrics)]
+    if not rows:
         return ""
-    rows = []
-    for l in layers:
-        cb, ca = _num(l.get("channels_before")), _num(l.get("channels_after"))
-        kept = human_pct(ca / cb) if cb and ca is not None else "—"
-        rows.append([f'<span class="mono">{_e(l.get("name", ""))}</span>', _e(l.get("type", "")),
-                     _e(human_count(cb)), _e(human_count(ca)), _e(kept),
-                     _e(human_count(l.get("params_before"))), _e(human_count(l.get("params_after")))])
-    chart = charts.tag(layer_chart(layers), TEXT_WIDTH_PX)
+    chart = charts.tag(layer_chart(metrics["layers"]), TEXT_WIDTH_PX)
     return ("<h2>Layers</h2>" + (f"<p>{chart}</p>" if chart else "") +
-            _grid(["Layer", "Type", "Channels before", "Channels after", "Kept", "Params before", "Params after"],
-                  rows, numeric=range(2, 7)))
+            _grid(list(LAYER_COLUMNS), rows, numeric=range(2, 7)))
 
 
 def _exports(metrics: dict) -> str:
-    exports = [x for x in metrics.get("exports") or [] if isinstance(x, dict)]
-    if not exports:
+    rows = [[_e(fmt), f'<span class="mono">{_e(name)}</span>', *(_e(c) for c in cells)]
+            for fmt, name, *cells in export_rows(metrics)]
+    if not rows:
         return ""
-    rows = []
-    for x in exports:
-        path = str(x.get("path") or "")
-        diff = _num(x.get("max_abs_diff"))
-        diff_text = "skipped" if not path else ("not checked" if diff is None else f"{diff:.1e}")
-        rows.append([_e(x.get("format", "")), f'<span class="mono">{_e(Path(path).name if path else "—")}</span>',
-                     _e("—" if not path else human_bytes(x.get("bytes"))), _e(diff_text), _e(x.get("note") or "")])
-    table = _grid(["Format", "File", "Size", "max |Δ|", "Note"], rows, numeric=(2, 3), wrap=(4,))
-    return ("<h2>Exports</h2><p class=\"muted\">Each file was reloaded and run on a fixed random batch; "
-            "“max |Δ|” is the largest difference from the model's own outputs.</p>" + table)
-
-
-def _plan_value(key: str, value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True) if value else "none"
-    if key == "rate" and _num(value) is not None:
-        return f"{value:g} (remove {value * 100:.0f}% of channels)"
-    if key == "unstructured_sparsity" and _num(value) is not None:
-        return f"{value:g} ({value * 100:.0f}%)"
-    return str(value)
+    table = _grid(list(EXPORT_COLUMNS), rows, numeric=(2, 3), wrap=(4,))
+    return f'<h2>Exports</h2><p class="muted">{EXPORTS_NOTE}</p>' + table
 
 
 def _plan(metrics: dict) -> str:
-    plan = metrics.get("plan")
-    if not isinstance(plan, dict) or not plan:
-        return ""
-    rows = [(k.replace("_", " ").capitalize(), f'<span class="mono">{_e(_plan_value(k, v))}</span>')
-            for k, v in plan.items()]
-    return "<h2>Pruning plan</h2>" + _kv_table(rows)
+    rows = [(label, f'<span class="mono">{_e(value)}</span>') for label, value in plan_rows(metrics)]
+    return "<h2>Pruning plan</h2>" + _kv_table(rows) if rows else ""
 
 
 def _recipe(recipe: Optional[dict]) -> str:
@@ -389,15 +239,8 @@ def _recipe(recipe: Optional[dict]) -> str:
 
 
 def _warnings(metrics: dict) -> str:
-    warnings = [w for w in metrics.get("warnings") or [] if w]
-    if not warnings:
-        return ""
-    return "<h2>Warnings</h2><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
-
-
-def _title(metrics: dict) -> str:
-    model = metrics.get("model") or {}
-    return f"Compression report — {model.get('spec') or model.get('arch') or 'model'}"
+    items = "".join(f"<li>{_e(w)}</li>" for w in warning_lines(metrics))
+    return f"<h2>Warnings</h2><ul>{items}</ul>" if items else ""
 
 
 def report_html(metrics: dict, recipe: Optional[dict], charts: _Charts) -> str:
@@ -408,7 +251,7 @@ def report_html(metrics: dict, recipe: Optional[dict], charts: _Charts) -> str:
         _layers(metrics, charts), _exports(metrics), _plan(metrics), _warnings(metrics), _recipe(recipe)) if part)
     footer = (f'<p class="muted" style="margin-top: 18px;">Generated by Compression Studio'
               f"{(' ' + _e(version)) if version else ''} on {datetime.date.today().isoformat()}.</p>")
-    return (f"<html><head><title>{_e(_title(metrics))}</title><style>{STYLE}</style></head>"
+    return (f"<html><head><title>{_e(report_title(metrics))}</title><style>{STYLE}</style></head>"
             f"<body>{body}{footer}</body></html>")
 
 
@@ -500,7 +343,7 @@ def write_pdf_report(run_dir) -> Path:
         raise StudioError("Writing a PDF report needs the Qt application to be running.",
                           "Create a QGuiApplication first (the GUI does), or use the run's report.html.")
     doc = build_document(metrics, recipe)
-    title = _title(metrics)
+    title = report_title(metrics)
     target = run_dir / PDF_NAME
     with atomic_write(target) as tmp:
         writer = QPdfWriter(str(tmp))

@@ -24,7 +24,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from studio.engine.events import EpochEnd, MetricsSnapshot, TrainStep
-from studio.engine.report import human_bytes, human_count
+from studio.engine.report import finite, human_bytes, human_count
 
 PHASE_COLORS = {"sparse-train": "#9333ea", "fine-tune": "#2563eb", "retrain": "#ea580c", "train": "#16a34a"}
 PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning", "retrain": "Retraining",
@@ -86,12 +86,6 @@ class _Buffers:
         self.max_x = max(self.max_x, x)
         return x
 
-
-def _finite(value) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _phase_color(phase: str, known: dict) -> str:
@@ -192,7 +186,7 @@ class LivePlots(QWidget):
             if isinstance(event, TrainStep):
                 spe = max(1, int(event.steps_per_epoch or 1))
                 x = buf.segment_x(event.phase, event.epoch + event.step / spe)
-                loss, acc = _finite(event.loss), _finite(event.accuracy)
+                loss, acc = finite(event.loss), finite(event.accuracy)
                 if loss is not None:
                     buf.loss.setdefault(event.phase, _Series()).add(x, loss)
                     self._dirty.add(("loss", event.phase))
@@ -202,16 +196,16 @@ class LivePlots(QWidget):
             elif isinstance(event, EpochEnd):
                 # validation happens at the end of the epoch: plot it at epoch + 1
                 x = buf.segment_x(event.phase, event.epoch + 1.0)
-                top1 = _finite(event.val_top1)
+                top1 = finite(event.val_top1)
                 if top1 is not None:
                     buf.val_acc.setdefault(event.phase, _Series()).add(x, top1 * 100)
                     self._dirty.add(("val_acc", event.phase))
             elif isinstance(event, MetricsSnapshot):
                 values = event.values or {}
-                sizes = {k: _finite(values.get(k)) for k, _, _ in SIZE_KEYS}
+                sizes = {k: finite(values.get(k)) for k, _, _ in SIZE_KEYS}
                 if event.label == "before":
                     buf.before = sizes
-                    buf.before_top1 = _finite(values.get("top1"))
+                    buf.before_top1 = finite(values.get("top1"))
                     self._dirty.update(("size", "ref"))
                 elif event.label in ("pruned", "after"):
                     buf.now = sizes
@@ -369,7 +363,7 @@ class LivePlots(QWidget):
         before, now = self._buf.before, self._buf.now
         ref, cur = [], []
         for i, (key, _, fmt) in enumerate(SIZE_KEYS):
-            b, n = _finite(before.get(key)), _finite(now.get(key))
+            b, n = finite(before.get(key)), finite(now.get(key))
             known = b is not None and b > 0
             pct = n / b * 100 if known and n is not None else math.nan
             ref.append(100.0 if known else 0.0)

@@ -398,11 +398,12 @@ class RunsPanel(QWidget):
         self.compare_view.pointClicked.connect(self._select_run)
         self.compare_view.hide()   # shown by compare(), then kept up to date
         self._comparing = False
-        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        # Side by side: the panel lives in a short, wide bottom dock.
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.compare_view)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)

@@ -4,6 +4,10 @@ The page has no scripts, no external files and no network access: charts are inl
 drawn by the small helpers below, styles are inline CSS, and every string that came from
 the user (model spec, layer names, notes, warnings) is HTML-escaped. Any section whose data
 is missing (no data set, no fine-tuning, no exports) is simply left out.
+
+This module also owns the report's *content* for the PDF report (`studio.app.pdf_report`):
+the public functions under "report content" say which rows, labels, values and chart series
+a report shows, so that both renderers only add their own markup.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 from studio.engine.errors import StudioError
 from studio.engine.files import write_text
@@ -23,15 +27,19 @@ COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
 MINUS = "\u2212"
 
 
-def _e(value) -> str:
+def escape(value) -> str:
+    """``str(value)`` escaped for HTML text and attribute values (quotes included)."""
     return html.escape(str(value), quote=True)
+
+
+_e = escape   # the short name the markup below uses
 
 
 # ---------------------------------------------------------------------------------------------
 # number formatting
 
-def _num(value) -> Optional[float]:
-    """A finite float, or None for anything missing, non-numeric or NaN."""
+def finite(value) -> Optional[float]:
+    """A finite float, or None for anything missing, non-numeric (bools included) or NaN."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -43,7 +51,7 @@ def _sig3(x: float) -> str:
 
 
 def _scaled(value, units) -> str:
-    v = _num(value)
+    v = finite(value)
     if v is None:
         return "—"
     a = abs(v)
@@ -70,18 +78,18 @@ def human_bytes(value) -> str:
 
 
 def human_ms(value) -> str:
-    v = _num(value)
+    v = finite(value)
     return "—" if v is None else f"{v:.3g} ms"
 
 
 def human_pct(fraction) -> str:
-    v = _num(fraction)
+    v = finite(fraction)
     return "—" if v is None else f"{v * 100:.1f}%"
 
 
 def ratio_text(before, after, better: str, worse: str) -> str:
     """'2.01× fewer' when after is smaller; '1.20× more' when larger; '' when unknown."""
-    b, a = _num(before), _num(after)
+    b, a = finite(before), finite(after)
     if b is None or a is None or a <= 0 or b <= 0:
         return ""
     if abs(b - a) / b < 0.005:
@@ -91,7 +99,7 @@ def ratio_text(before, after, better: str, worse: str) -> str:
 
 def delta_pt(before, after) -> str:
     """Accuracy change in percentage points: '−0.8 pt', '+0.3 pt'."""
-    b, a = _num(before), _num(after)
+    b, a = finite(before), finite(after)
     if b is None or a is None:
         return ""
     d = (a - b) * 100
@@ -105,13 +113,15 @@ def _when(created) -> str:
         return str(created)
 
 
-def _latency(stage: Optional[dict], batch: str) -> Optional[dict]:
+def latency_entry(stage: Optional[dict], batch: str) -> Optional[dict]:
+    """A stage's latency measurement for ``batch`` (a key of its "latency"); None unless it has a finite median_ms."""
     lat = (stage or {}).get("latency") or {}
     entry = lat.get(batch) if isinstance(lat, dict) else None
-    return entry if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) and finite(entry.get("median_ms")) is not None else None
 
 
-def _latency_batches(stages: list) -> list:
+def latency_batches(stages: list) -> list:
+    """The latency keys ("cpu/bs1", "8", ...) measured in any of ``stages``: numbers first, in order, then by name."""
     keys = set()
     for stage in stages:
         lat = (stage or {}).get("latency")
@@ -144,7 +154,7 @@ def _tick_label(value: float, step: float) -> str:
 
 def line_chart(title: str, series: list, *, y_unit: str = "", width: int = 460, height: int = 250) -> str:
     """An SVG line chart. ``series`` is [(label, [(x, y), ...]), ...]; points with y None are dropped."""
-    series = [(label, [(x, y) for x, y in pts if _num(x) is not None and _num(y) is not None])
+    series = [(label, [(x, y) for x, y in pts if finite(x) is not None and finite(y) is not None])
               for label, pts in series]
     series = [(label, pts) for label, pts in series if pts]
     if not series:
@@ -199,7 +209,7 @@ def line_chart(title: str, series: list, *, y_unit: str = "", width: int = 460, 
 
 def layer_chart(layers: list, width: int = 760) -> str:
     """Horizontal bar pairs: channels before (grey) and after (blue) for each pruned-or-kept layer."""
-    rows = [(str(l.get("name", "")), _num(l.get("channels_before")), _num(l.get("channels_after")))
+    rows = [(str(l.get("name", "")), finite(l.get("channels_before")), finite(l.get("channels_after")))
             for l in layers if isinstance(l, dict)]
     rows = [(n, b, a) for n, b, a in rows if b is not None and a is not None]
     if not rows:
@@ -231,6 +241,224 @@ def layer_chart(layers: list, width: int = 760) -> str:
                    f'{after:.0f}/{before:.0f}</text></g>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# report content: what the HTML report and the PDF report (studio.app.pdf_report) show
+
+LAYER_COLUMNS = ("Layer", "Type", "Channels before", "Channels after", "Kept", "Params before", "Params after")
+EXPORT_COLUMNS = ("Format", "File", "Size", "max |Δ|", "Note")
+EXPORTS_NOTE = ("Each file was reloaded and run on a fixed random batch; "
+                "“max |Δ|” is the largest difference from the model's own outputs.")
+
+
+class Headline(NamedTuple):
+    """One headline change of the run: ``before`` and ``after`` as text; ``good`` None when neutral."""
+    label: str
+    before: str
+    after: str
+    change: str
+    good: Optional[bool]
+
+
+def model_name(metrics: dict) -> str:
+    """The model as the report names it: its spec, else its architecture."""
+    model = metrics.get("model") or {}
+    return model.get("spec") or model.get("arch") or "model"
+
+
+def report_title(metrics: dict) -> str:
+    """The report's title, e.g. 'Compression report — cifar:resnet20'."""
+    return f"Compression report — {model_name(metrics)}"
+
+
+def header_rows(metrics: dict) -> list:
+    """The run's facts under the title as (label, text) pairs; unknown ones are left out."""
+    model = metrics.get("model") or {}
+    data = metrics.get("data") or {}
+    plan = metrics.get("plan") or {}
+    wall = finite(metrics.get("wall_seconds"))
+    rows = [("Architecture", model.get("arch") if model.get("arch") != model_name(metrics) else None),
+            ("Weights", model.get("weights_note")),
+            ("Input", "×".join(str(s) for s in model.get("input_size") or []) or None),
+            ("Classes", model.get("num_classes")),
+            ("Data", " — ".join(str(x) for x in (data.get("spec"), data.get("summary")) if x) or "none (data-free)"),
+            ("Criterion", plan.get("criterion")),
+            ("Created", _when(metrics["created"]) if metrics.get("created") else None),
+            ("Device", metrics.get("device")),
+            ("Run time", f"{wall:.1f} s" if wall else None)]
+    return [(label, str(value)) for label, value in rows if value not in (None, "")]
+
+
+def headlines(metrics: dict, *, compact: bool = False) -> list:
+    """The headline changes from before to the final model (fine-tuned, else pruned) as `Headline` rows.
+
+    Size, MACs and parameters; latency at the first measured batch; top-1 accuracy. ``compact``
+    gives the PDF's shorter wording: no noun after a ratio, latency named by its batch only.
+    """
+    before = metrics.get("before") or {}
+    final = metrics.get("after") or metrics.get("pruned") or {}
+    if not before or not final:
+        return []
+    rows = []
+    for label, key, fmt, better, worse, noun in (("Parameters", "params", human_count, "fewer", "more", "params"),
+                                                 ("MACs", "macs", human_count, "fewer", "more", "MACs"),
+                                                 ("Size on disk", "dense_bytes", human_bytes, "smaller", "larger", "")):
+        b, a = finite(before.get(key)), finite(final.get(key))
+        if b is None or a is None:
+            continue
+        change = ratio_text(b, a, better, worse)
+        if change and change != "no change" and not compact:
+            change = f"{change} {noun}".strip()
+        rows.append(Headline(label, fmt(b), fmt(a), change, None if change == "no change" else a < b))
+    for batch in latency_batches([before, final])[:1]:
+        b, a = latency_entry(before, batch), latency_entry(final, batch)
+        if b and a and b["median_ms"] and a["median_ms"]:
+            bm, am = b["median_ms"], a["median_ms"]
+            change = ratio_text(bm, am, "faster", "slower")
+            label = f"Latency ({batch})" if compact else f"Latency (batch {batch}, {b.get('device', '?')})"
+            rows.append(Headline(label, human_ms(bm), human_ms(am), change, None if change == "no change" else am < bm))
+    b, a = finite(before.get("top1")), finite(final.get("top1"))
+    if b is not None and a is not None:
+        rows.append(Headline("Top-1 accuracy", human_pct(b), human_pct(a), delta_pt(b, a), a >= b))
+    return rows
+
+
+def _latency_cell(stage: dict, batch: str) -> str:
+    entry = latency_entry(stage, batch)
+    if not entry:
+        return "—"
+    p90 = f" (p90 {human_ms(entry['p90_ms'])})" if finite(entry.get("p90_ms")) is not None else ""
+    return human_ms(entry["median_ms"]) + p90
+
+
+def stage_rows(metrics: dict, *, compact: bool = False) -> tuple:
+    """The numbers of each stage (before, pruned, fine-tuned) as ``(titles, rows)``.
+
+    ``titles`` names the stages the run has; each row is ``(label, [text per stage])``, and a
+    row with no value at all (a step that never ran, e.g. no data → no accuracy) is left out.
+    Latency rows are labelled 'Latency, batch cpu/bs1 (cpu)', or with ``compact`` 'Latency,
+    cpu/bs1' (the device only where the batch key does not already name it).
+    """
+    stages = [(title, metrics[key]) for key, title in STAGES if isinstance(metrics.get(key), dict)]
+    if not stages:
+        return [], []
+    rows = [("Parameters", lambda s: human_count(s.get("params"))),
+            ("MACs", lambda s: human_count(s.get("macs"))),
+            ("Size, dense", lambda s: human_bytes(s.get("dense_bytes"))),
+            ("Size, compressed", lambda s: human_bytes(s.get("compressed_bytes"))),
+            ("Zero weights", lambda s: human_pct(s.get("sparsity")))]
+    for batch in latency_batches([s for _, s in stages]):
+        device = next(((latency_entry(s, batch) or {}).get("device") for _, s in stages if latency_entry(s, batch)),
+                      None)
+        if compact:
+            label = f"Latency, {batch}" + (f" ({device})" if device and device not in batch else "")
+        else:
+            label = f"Latency, batch {batch}" + (f" ({device})" if device else "")
+        rows.append((label, lambda s, batch=batch: _latency_cell(s, batch)))
+    rows += [("Top-1 accuracy", lambda s: human_pct(s.get("top1"))),
+             ("Top-5 accuracy", lambda s: human_pct(s.get("top5")))]
+    body = []
+    for label, cell in rows:
+        cells = [cell(s) for _, s in stages]
+        if any(c != "—" for c in cells):
+            body.append((label, cells))
+    return [title for title, _ in stages], body
+
+
+def history_series(metrics: dict) -> list:
+    """The training curves of each phase as ``(phase_title, loss_series, accuracy_series)``.
+
+    Phases come in the order of `PHASE_TITLES`, then unknown ones by name; each series is
+    ``[(label, [(epoch, value), ...]), ...]`` as `line_chart` takes it, epochs counted from 1
+    like the progress display and accuracies in percent.
+    """
+    history = metrics.get("history") or {}
+    if not isinstance(history, dict):
+        return []
+    order = [p for p in PHASE_TITLES if p in history] + sorted(p for p in history if p not in PHASE_TITLES)
+    out = []
+    for phase in order:
+        epochs = [e for e in history.get(phase) or [] if isinstance(e, dict)]
+        if not epochs:
+            continue
+
+        def points(key, scale=1.0):
+            # epochs are stored 0-based
+            return [((i if finite(e.get("epoch")) is None else e["epoch"]) + 1,
+                     None if finite(e.get(key)) is None else e[key] * scale) for i, e in enumerate(epochs)]
+
+        out.append((PHASE_TITLES.get(phase, phase),
+                    [("train loss", points("train_loss")), ("val loss", points("val_loss"))],
+                    [("val top-1", points("val_top1", 100)), ("train top-1", points("train_accuracy", 100))]))
+    return out
+
+
+def history_charts(metrics: dict, *, width: int = 460, height: int = 250) -> list:
+    """`history_series` drawn as ``(phase_title, [loss chart SVG, accuracy chart SVG])``.
+
+    ``width`` and ``height`` size each chart; empty charts, and phases with none, are left out.
+    """
+    out = []
+    for title, loss, accuracy in history_series(metrics):
+        charts = [line_chart(f"{title}: loss", loss, width=width, height=height),
+                  line_chart(f"{title}: accuracy", accuracy, y_unit="%", width=width, height=height)]
+        charts = [c for c in charts if c]
+        if charts:
+            out.append((title, charts))
+    return out
+
+
+def _layer_row(layer: dict) -> tuple:
+    cb, ca = finite(layer.get("channels_before")), finite(layer.get("channels_after"))
+    kept = human_pct(ca / cb) if cb and ca is not None else "—"
+    return (str(layer.get("name", "")), str(layer.get("type", "")), human_count(cb), human_count(ca), kept,
+            human_count(layer.get("params_before")), human_count(layer.get("params_after")))
+
+
+def layer_rows(metrics: dict) -> list:
+    """One row of texts per layer, in the order of `LAYER_COLUMNS` (the chart is `layer_chart`)."""
+    return [_layer_row(layer) for layer in metrics.get("layers") or [] if isinstance(layer, dict)]
+
+
+def _export_row(export: dict) -> tuple:
+    path = str(export.get("path") or "")
+    diff = finite(export.get("max_abs_diff"))
+    diff_text = "skipped" if not path else ("not checked" if diff is None else f"{diff:.1e}")
+    return (str(export.get("format", "")), Path(path).name if path else "—",
+            "—" if not path else human_bytes(export.get("bytes")), diff_text, str(export.get("note") or ""))
+
+
+def export_rows(metrics: dict) -> list:
+    """One row of texts per exported file, in the order of `EXPORT_COLUMNS` (see `EXPORTS_NOTE`)."""
+    return [_export_row(export) for export in metrics.get("exports") or [] if isinstance(export, dict)]
+
+
+def _plan_value(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True) if value else "none"
+    if key == "rate" and finite(value) is not None:
+        return f"{value:g} (remove {value * 100:.0f}% of channels)"
+    if key == "unstructured_sparsity" and finite(value) is not None:
+        return f"{value:g} ({value * 100:.0f}%)"
+    return str(value)
+
+
+def plan_rows(metrics: dict) -> list:
+    """The pruning plan as (label, text) pairs, e.g. ('Rate', '0.5 (remove 50% of channels)')."""
+    plan = metrics.get("plan")
+    if not isinstance(plan, dict):
+        return []
+    return [(k.replace("_", " ").capitalize(), _plan_value(k, v)) for k, v in plan.items()]
+
+
+def warning_lines(metrics: dict) -> list:
+    """The run's warnings as texts (empty ones left out)."""
+    return [str(w) for w in metrics.get("warnings") or [] if w]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,191 +503,72 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
 
+def _table(head, rows, numeric, mono=()) -> str:
+    """A table of texts (escaped here): ``numeric`` columns align right, ``mono`` body cells are monospaced."""
+    def cls(i, header=False):
+        return ' class="n"' if i in numeric else (' class="mono"' if i in mono and not header else "")
+    head = "".join(f"<th{cls(i, True)}>{_e(h)}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _header(metrics: dict) -> str:
-    model = metrics.get("model") or {}
-    data = metrics.get("data") or {}
-    plan = metrics.get("plan") or {}
-    spec = model.get("spec") or model.get("arch") or "model"
     badge = ('<span class="badge warn" title="Accuracy numbers of untrained weights mean little">'
-             "untrained weights</span>") if model.get("trained") is False else ""
-    rows = [("Architecture", model.get("arch") if model.get("arch") != spec else None), ("Weights", model.get("weights_note")),
-            ("Input", "×".join(str(s) for s in model.get("input_size") or []) or None),
-            ("Classes", model.get("num_classes")),
-            ("Data", " — ".join(str(x) for x in (data.get("spec"), data.get("summary")) if x) or "none (data-free)"),
-            ("Criterion", plan.get("criterion")),
-            ("Created", _when(metrics["created"]) if metrics.get("created") else None),
-            ("Device", metrics.get("device")),
-            ("Run time", f"{_num(metrics.get('wall_seconds')):.1f} s" if _num(metrics.get("wall_seconds")) else None)]
-    meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows if v not in (None, ""))
-    return (f"<header><h1>Compression report{badge}</h1><p class=\"sub mono\">{_e(spec)}</p>"
+             "untrained weights</span>") if (metrics.get("model") or {}).get("trained") is False else ""
+    meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in header_rows(metrics))
+    return (f"<header><h1>Compression report{badge}</h1><p class=\"sub mono\">{_e(model_name(metrics))}</p>"
             f"<dl class=\"meta\">{meta}</dl></header>")
 
 
-def _card(label: str, before: str, after: str, change: str, good: Optional[bool]) -> str:
-    cls = "" if good is None else ("good" if good else "bad")
-    return (f'<div class="card"><div class="label">{_e(label)}</div>'
-            f'<div class="value">{_e(before)} → {_e(after)}</div>'
-            f'<div class="change {cls}">{_e(change) or "&nbsp;"}</div></div>')
+def _card(row: Headline) -> str:
+    cls = "" if row.good is None else ("good" if row.good else "bad")
+    return (f'<div class="card"><div class="label">{_e(row.label)}</div>'
+            f'<div class="value">{_e(row.before)} → {_e(row.after)}</div>'
+            f'<div class="change {cls}">{_e(row.change) or "&nbsp;"}</div></div>')
 
 
 def _cards(metrics: dict) -> str:
-    before = metrics.get("before") or {}
-    final = metrics.get("after") or metrics.get("pruned") or {}
-    if not before or not final:
-        return ""
-
-    def smaller_is_better(key, fmt, better, worse, noun=""):
-        b, a = _num(before.get(key)), _num(final.get(key))
-        if b is None or a is None:
-            return None
-        change = ratio_text(b, a, better, worse)
-        change = f"{change} {noun}".strip() if change and change != "no change" else change
-        return fmt(b), fmt(a), change, None if change == "no change" else a < b
-
-    cards = []
-    for label, args in (("Parameters", ("params", human_count, "fewer", "more", "params")),
-                        ("MACs", ("macs", human_count, "fewer", "more", "MACs")),
-                        ("Size on disk", ("dense_bytes", human_bytes, "smaller", "larger"))):
-        got = smaller_is_better(*args)
-        if got:
-            cards.append(_card(label, *got))
-    for batch in _latency_batches([before, final])[:1]:
-        b, a = _latency(before, batch), _latency(final, batch)
-        if b and a and _num(b.get("median_ms")) and _num(a.get("median_ms")):
-            bm, am = b["median_ms"], a["median_ms"]
-            change = ratio_text(bm, am, "faster", "slower")
-            cards.append(_card(f"Latency (batch {batch}, {b.get('device', '?')})", human_ms(bm), human_ms(am),
-                               change, None if change == "no change" else am < bm))
-    for key, label in (("top1", "Top-1 accuracy"),):
-        b, a = _num(before.get(key)), _num(final.get(key))
-        if b is not None and a is not None:
-            cards.append(_card(label, human_pct(b), human_pct(a), delta_pt(b, a), a >= b))
+    cards = [_card(row) for row in headlines(metrics)]
     return f'<section class="cards">{"".join(cards)}</section>' if cards else ""
 
 
 def _stage_table(metrics: dict) -> str:
-    stages = [(key, title, metrics.get(key)) for key, title in STAGES if isinstance(metrics.get(key), dict)]
-    if not stages:
+    titles, rows = stage_rows(metrics)
+    if not titles:
         return ""
-    rows = [("Parameters", lambda s: human_count(s.get("params"))),
-            ("MACs", lambda s: human_count(s.get("macs"))),
-            ("Size, dense", lambda s: human_bytes(s.get("dense_bytes"))),
-            ("Size, compressed", lambda s: human_bytes(s.get("compressed_bytes"))),
-            ("Zero weights", lambda s: human_pct(s.get("sparsity")))]
-    for batch in _latency_batches([s for _, _, s in stages]):
-        def lat(s, batch=batch):
-            entry = _latency(s, batch)
-            if not entry or _num(entry.get("median_ms")) is None:
-                return "—"
-            p90 = f" (p90 {human_ms(entry['p90_ms'])})" if _num(entry.get("p90_ms")) is not None else ""
-            return human_ms(entry["median_ms"]) + p90
-        device = next((_latency(s, batch) or {}).get("device") for _, _, s in stages if _latency(s, batch))
-        rows.append((f"Latency, batch {batch}" + (f" ({device})" if device else ""), lat))
-    rows += [("Top-1 accuracy", lambda s: human_pct(s.get("top1"))),
-             ("Top-5 accuracy", lambda s: human_pct(s.get("top5")))]
-    head = "".join(f'<th class="n">{_e(title)}</th>' for _, title, _ in stages)
-    body = []
-    for label, cell in rows:
-        cells = [cell(s) for _, _, s in stages]
-        if all(c == "—" for c in cells):
-            continue   # a step that never ran (e.g. no data → no accuracy) gets no row
-        body.append(f"<tr><td>{_e(label)}</td>" + "".join(f'<td class="n">{_e(c)}</td>' for c in cells) + "</tr>")
-    return (f"<h2>Numbers</h2><table><thead><tr><th></th>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return "<h2>Numbers</h2>" + _table(["", *titles], [[label, *cells] for label, cells in rows],
+                                       numeric=range(1, len(titles) + 1))
 
 
 def _history_charts(metrics: dict) -> str:
-    history = metrics.get("history") or {}
-    if not isinstance(history, dict):
-        return ""
-    order = [p for p in PHASE_TITLES if p in history] + sorted(p for p in history if p not in PHASE_TITLES)
-    blocks = []
-    for phase in order:
-        epochs = [e for e in history.get(phase) or [] if isinstance(e, dict)]
-        if not epochs:
-            continue
-
-        def points(key, scale=1.0):
-            # epochs are stored 0-based; charts count from 1 like the progress display
-            return [((i if _num(e.get("epoch")) is None else e["epoch"]) + 1,
-                     None if _num(e.get(key)) is None else e[key] * scale) for i, e in enumerate(epochs)]
-
-        title = PHASE_TITLES.get(phase, phase)
-        charts = [line_chart(f"{title}: loss", [("train loss", points("train_loss")),
-                                                ("val loss", points("val_loss"))]),
-                  line_chart(f"{title}: accuracy", [("val top-1", points("val_top1", 100)),
-                                                    ("train top-1", points("train_accuracy", 100))], y_unit="%")]
-        charts = [c for c in charts if c]
-        if charts:
-            blocks.append(f'<h2>{_e(title)}</h2><div class="charts">{"".join(charts)}</div>')
-    return "".join(blocks)
+    return "".join(f'<h2>{_e(title)}</h2><div class="charts">{"".join(charts)}</div>'
+                   for title, charts in history_charts(metrics))
 
 
 def _layers(metrics: dict) -> str:
-    layers = [l for l in metrics.get("layers") or [] if isinstance(l, dict)]
-    if not layers:
+    rows = layer_rows(metrics)
+    if not rows:
         return ""
-    body = []
-    for l in layers:
-        cb, ca = _num(l.get("channels_before")), _num(l.get("channels_after"))
-        kept = human_pct(ca / cb) if cb and ca is not None else "—"
-        body.append(f'<tr><td class="mono">{_e(l.get("name", ""))}</td><td>{_e(l.get("type", ""))}</td>'
-                    f'<td class="n">{_e(human_count(cb))}</td><td class="n">{_e(human_count(ca))}</td>'
-                    f'<td class="n">{_e(kept)}</td>'
-                    f'<td class="n">{_e(human_count(l.get("params_before")))}</td>'
-                    f'<td class="n">{_e(human_count(l.get("params_after")))}</td></tr>')
-    return ("<h2>Layers</h2>" + layer_chart(layers) +
-            '<table><thead><tr><th>Layer</th><th>Type</th><th class="n">Channels before</th>'
-            '<th class="n">Channels after</th><th class="n">Kept</th><th class="n">Params before</th>'
-            f'<th class="n">Params after</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+    return "<h2>Layers</h2>" + layer_chart(metrics["layers"]) + _table(LAYER_COLUMNS, rows, numeric=range(2, 7),
+                                                                       mono=(0,))
 
 
 def _exports(metrics: dict) -> str:
-    exports = [x for x in metrics.get("exports") or [] if isinstance(x, dict)]
-    if not exports:
+    rows = export_rows(metrics)
+    if not rows:
         return ""
-    body = []
-    for x in exports:
-        path = str(x.get("path") or "")
-        skipped = not path
-        diff = _num(x.get("max_abs_diff"))
-        diff_text = "skipped" if skipped else ("not checked" if diff is None else f"{diff:.1e}")
-        body.append(f'<tr><td>{_e(x.get("format", ""))}</td><td class="mono">{_e(Path(path).name if path else "—")}</td>'
-                    f'<td class="n">{_e("—" if skipped else human_bytes(x.get("bytes")))}</td>'
-                    f'<td class="n">{_e(diff_text)}</td><td>{_e(x.get("note") or "")}</td></tr>')
-    return ("<h2>Exports</h2><p class=\"muted\">Each file was reloaded and run on a fixed random batch; "
-            "“max |Δ|” is the largest difference from the model's own outputs.</p>"
-            '<table><thead><tr><th>Format</th><th>File</th><th class="n">Size</th><th class="n">max |Δ|</th>'
-            f"<th>Note</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
-
-
-def _plan_value(key: str, value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True) if value else "none"
-    if key in ("rate", "unstructured_sparsity") and _num(value) is not None:
-        return f"{value:g} (remove {value * 100:.0f}% of channels)" if key == "rate" else f"{value:g} ({value * 100:.0f}%)"
-    return str(value)
+    return (f'<h2>Exports</h2><p class="muted">{EXPORTS_NOTE}</p>' +
+            _table(EXPORT_COLUMNS, rows, numeric=(2, 3), mono=(1,)))
 
 
 def _plan(metrics: dict) -> str:
-    plan = metrics.get("plan")
-    if not isinstance(plan, dict) or not plan:
-        return ""
-    rows = "".join(f"<dt>{_e(k.replace('_', ' ').capitalize())}</dt><dd class=\"mono\">{_e(_plan_value(k, v))}</dd>"
-                   for k, v in plan.items())
-    return f'<h2>Pruning plan</h2><dl class="meta">{rows}</dl>'
+    rows = "".join(f"<dt>{_e(label)}</dt><dd class=\"mono\">{_e(value)}</dd>" for label, value in plan_rows(metrics))
+    return f'<h2>Pruning plan</h2><dl class="meta">{rows}</dl>' if rows else ""
 
 
 def _warnings(metrics: dict) -> str:
-    warnings = [w for w in metrics.get("warnings") or [] if w]
-    if not warnings:
-        return ""
-    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
-    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
+    items = "".join(f"<li>{_e(w)}</li>" for w in warning_lines(metrics))
+    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>' if items else ""
 
 
 def _recipe(recipe: Optional[dict]) -> str:
@@ -473,8 +582,7 @@ def render_report(metrics: dict, recipe: Optional[dict] = None) -> str:
     """The whole report page for a run's ``metrics.json`` (and optionally its recipe) as an HTML string."""
     if not isinstance(metrics, dict):
         raise StudioError("The run's metrics are not a JSON object.", "Run the job again to rewrite metrics.json.")
-    model = metrics.get("model") or {}
-    title = f"Compression report — {model.get('spec') or model.get('arch') or 'model'}"
+    title = report_title(metrics)
     version = metrics.get("studio_version")
     body = "\n".join(part for part in (
         _header(metrics), _cards(metrics), _stage_table(metrics), _history_charts(metrics), _layers(metrics),
@@ -496,6 +604,24 @@ def _read_json(path: Path):
         raise StudioError(f"Cannot read {path}: {exc}.", "Check the file's permissions, or run the job again.") from exc
 
 
+def read_recipe(run_dir: Path, metrics: dict, read_json: Callable[[Path], object]) -> tuple:
+    """The run folder's recipe.json for a report, read with ``read_json``: ``(metrics, recipe)``.
+
+    ``recipe`` is None when the file is missing or not a JSON object. The recipe only adds a
+    section, so a file ``read_json`` fails on (a `StudioError`) gives the report a warning
+    instead of giving no report: the returned ``metrics`` is then a copy with that warning added.
+    """
+    recipe = None
+    recipe_path = run_dir / "recipe.json"
+    if recipe_path.is_file():
+        try:
+            recipe = read_json(recipe_path)
+        except StudioError as exc:
+            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []),
+                                               f"recipe.json could not be read, so it is not shown: {exc.problem}"]}
+    return metrics, recipe if isinstance(recipe, dict) else None
+
+
 def write_report(run_dir) -> Path:
     """Read ``run_dir/metrics.json`` (and ``recipe.json`` if present) and atomically write ``run_dir/report.html``."""
     run_dir = Path(run_dir)
@@ -506,13 +632,5 @@ def write_report(run_dir) -> Path:
     metrics = _read_json(metrics_path)
     if not isinstance(metrics, dict):
         raise StudioError(f"{metrics_path} does not hold a JSON object.", "Run the job again to rewrite it.")
-    recipe = None
-    recipe_path = run_dir / "recipe.json"
-    if recipe_path.is_file():
-        try:
-            recipe = _read_json(recipe_path)
-        except StudioError as exc:
-            # the recipe only adds a reproducibility appendix: report the problem instead of no report
-            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or []),
-                                               f"recipe.json could not be read, so it is not shown: {exc.problem}"]}
-    return write_text(run_dir / "report.html", render_report(metrics, recipe if isinstance(recipe, dict) else None))
+    metrics, recipe = read_recipe(run_dir, metrics, _read_json)
+    return write_text(run_dir / "report.html", render_report(metrics, recipe))
