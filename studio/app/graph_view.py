@@ -409,7 +409,7 @@ class EdgeItem(QGraphicsItem):
         super().__init__()
         self.source, self.target = source, target
         self.path = _smooth_path(points)
-        (x0, y0), (x1, y1) = points[-2] if len(points) > 1 else points[0], points[-1]
+        (_, y0), (x1, y1) = points[-2] if len(points) > 1 else points[0], points[-1]
         down = 1.0 if y1 >= y0 else -1.0
         self.arrow = QPolygonF([QPointF(x1, y1), QPointF(x1 - 4.0, y1 - 7.5 * down),
                                 QPointF(x1 + 4.0, y1 - 7.5 * down)])

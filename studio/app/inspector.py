@@ -131,6 +131,23 @@ class ElidedLabel(QLabel):
                                   self.isEnabled(), text, self.foregroundRole())
 
 
+def scrolling_body(panel: QWidget) -> tuple[QScrollArea, QWidget]:
+    """Fill ``panel`` with a vertically scrolling area and return it and its body widget.
+
+    Side panels scroll rather than squeeze their fields when the window is short.
+    """
+    outer = QVBoxLayout(panel)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setFrameShape(QFrame.NoFrame)
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    outer.addWidget(scroll)
+    body = QWidget()
+    scroll.setWidget(body)
+    return scroll, body
+
+
 def section_label(title: str) -> QLabel:
     """A small uppercase heading that separates the panel's parts."""
     label = QLabel(title.upper())
@@ -173,16 +190,8 @@ class InspectorPanel(QWidget):
 
     # ---- construction ------------------------------------------------------------
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        outer.addWidget(scroll)
-        body = QWidget()
-        scroll.setWidget(body)
-        self._scroll, self._body = scroll, body
+        self._scroll, self._body = scrolling_body(self)
+        body = self._body
         lay = QVBoxLayout(body)
         lay.setContentsMargins(10, 8, 10, 10)
         lay.setSpacing(4)

@@ -17,7 +17,7 @@ from PySide6.QtGui import QBrush, QColor, QDesktopServices
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QSplitter, QTableView, QVBoxLayout, QWidget)
 
-from studio.engine.report import delta_pt, human_bytes, human_count
+from studio.engine.report import delta_pt, finite, human_bytes, human_count
 from studio.engine.runs import RunSummary, pareto_front
 
 GOOD, BAD, MUTED = "#15803d", "#b91c1c", "#6b7280"
@@ -26,23 +26,19 @@ ARROW = " → "
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
-def _num(value) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _pair(before, after, fmt) -> str:
-    if _num(before) is None and _num(after) is None:
+    if finite(before) is None and finite(after) is None:
         return "—"
     return f"{fmt(before)}{ARROW}{fmt(after)}"
 
 
 def _ms(value) -> str:
-    v = _num(value)
+    v = finite(value)
     return "—" if v is None else f"{v:.3g}"
 
 
 def _pct(fraction) -> str:
-    v = _num(fraction)
+    v = finite(fraction)
     return "—" if v is None else f"{v * 100:.1f}"
 
 
@@ -68,13 +64,13 @@ def _rate(run: RunSummary) -> str:
 
 
 def _top1_delta(run: RunSummary) -> Optional[float]:
-    b, a = _num(run.before.get("top1")), _num(run.after.get("top1"))
+    b, a = finite(run.before.get("top1")), finite(run.after.get("top1"))
     return None if b is None or a is None else (a - b) * 100
 
 
 def _macs_text(run: RunSummary) -> str:
     text = _pair(run.before.get("macs"), run.after.get("macs"), human_count)
-    if _num(run.before.get("macs")) and _num(run.after.get("macs")):
+    if finite(run.before.get("macs")) and finite(run.after.get("macs")):
         text += f"  ({run.speedup_macs:.2f}×)"
     return text
 
@@ -86,14 +82,14 @@ COLUMNS = (
     ("Criterion", lambda r: r.criterion, lambda r: r.criterion, False),
     ("Rate", _rate, lambda r: r.rate, True),
     ("Params", lambda r: _pair(r.before.get("params"), r.after.get("params"), human_count),
-     lambda r: _num(r.after.get("params")), True),
-    ("MACs (speed-up)", _macs_text, lambda r: _num(r.after.get("macs")), True),
+     lambda r: finite(r.after.get("params")), True),
+    ("MACs (speed-up)", _macs_text, lambda r: finite(r.after.get("macs")), True),
     ("Size", lambda r: _pair(r.before.get("dense_bytes"), r.after.get("dense_bytes"), human_bytes),
-     lambda r: _num(r.after.get("dense_bytes")), True),
+     lambda r: finite(r.after.get("dense_bytes")), True),
     ("Latency ms", lambda r: _pair(r.before.get("latency_ms"), r.after.get("latency_ms"), _ms),
-     lambda r: _num(r.after.get("latency_ms")), True),
+     lambda r: finite(r.after.get("latency_ms")), True),
     ("Top-1 %", lambda r: _pair(r.before.get("top1"), r.after.get("top1"), _pct),
-     lambda r: _num(r.after.get("top1")), True),
+     lambda r: finite(r.after.get("top1")), True),
     ("Δ top-1", lambda r: delta_pt(r.before.get("top1"), r.after.get("top1")) or "—", _top1_delta, True),
     ("Wall time", lambda r: _wall(r.wall_seconds), lambda r: r.wall_seconds, True),
 )
@@ -260,7 +256,7 @@ class CompareView(QWidget):
     def drawn_runs(self) -> list[RunSummary]:
         """The runs that have a point (those with both an accuracy and a cost)."""
         key = self.cost_key()
-        return [r for r in self._runs if _num(r.after.get("top1")) is not None and _num(r.after.get(key))]
+        return [r for r in self._runs if finite(r.after.get("top1")) is not None and finite(r.after.get(key))]
 
     def front_runs(self) -> list[RunSummary]:
         """The drawn runs on the Pareto front, by increasing cost."""
@@ -287,7 +283,7 @@ class CompareView(QWidget):
         runs = self.drawn_runs()
         bases = []   # one hollow marker per distinct unpruned model, in the order runs were added
         for r in self._runs:
-            cost, top1 = _num(r.before.get(key)), _num(r.before.get("top1"))
+            cost, top1 = finite(r.before.get(key)), finite(r.before.get("top1"))
             if cost and top1 is not None and (r.model, cost, top1) not in bases:
                 bases.append((r.model, cost, top1))
         factor, title = self._scale([r.after[key] for r in runs] + [c for _, c, _ in bases])

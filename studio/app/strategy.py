@@ -13,10 +13,10 @@ from typing import Optional
 
 from PySide6.QtCore import QLocale, QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QDoubleValidator, QPalette, QValidator
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit,
-                               QScrollArea, QFrame, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox,
+                               QVBoxLayout, QWidget)
 
-from studio.app.inspector import dim_color, section_label
+from studio.app.inspector import dim_color, scrolling_body, section_label
 from studio.engine.criteria import CRITERIA
 from studio.engine.recipe import Recipe
 from studio.engine.report import human_count
@@ -171,16 +171,8 @@ class StrategyPanel(QWidget):
 
     def _build(self) -> None:
         self._boxes: list[QWidget] = []
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        outer.addWidget(scroll)
-        body = QWidget()
-        scroll.setWidget(body)
-        self._scroll, self._body = scroll, body
+        self._scroll, self._body = scrolling_body(self)
+        body = self._body
         lay = QVBoxLayout(body)
         lay.setContentsMargins(10, 6, 10, 10)
         lay.setSpacing(2)
