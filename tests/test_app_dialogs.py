@@ -40,7 +40,7 @@ def test_torchvision_tab_filters_and_builds_spec(model_dialog):
     assert open_enabled(d)
     d.tv_pretrained.setChecked(False)
     assert d.spec() == {"spec": "torchvision:mobilenet_v3_small", "arch": None, "num_classes": None,
-                        "input_size": None, "pretrained": False}
+                        "input_size": None, "pretrained": False, "download": False}
     assert "mobilenet_v3_small" in d.tv_cache.text()  # cache state of the chosen model is shown
     d.tv_filter.setText("no such model")
     assert not open_enabled(d)
@@ -72,7 +72,7 @@ def test_cifar_tab_lists_demo_first_and_takes_options(model_dialog):
     d.classes_spin.setValue(100)
     d.input_edit.setText("3x40x40")
     assert d.spec() == {"spec": "cifar:resnet56", "arch": None, "num_classes": 100,
-                        "input_size": (3, 40, 40), "pretrained": True}
+                        "input_size": (3, 40, 40), "pretrained": True, "download": False}
     assert "cifar:resnet56" in d.status.text()
     d.input_edit.setText("3x40")
     assert not open_enabled(d)
@@ -97,7 +97,7 @@ def test_file_tab_needs_an_existing_file_and_a_valid_arch(model_dialog, tmp_path
     assert d.arch_combo.findText("torchvision:resnet18") >= 0  # both families are offered
     assert open_enabled(d)
     assert d.spec() == {"spec": str(weights), "arch": "cifar:resnet20", "num_classes": None,
-                        "input_size": None, "pretrained": True}
+                        "input_size": None, "pretrained": True, "download": False}
     # What the dialog builds is what the engine loads.
     loaded = load_model(**d.spec())
     assert loaded.arch == "cifar:resnet20" and loaded.kind == "state_dict"
@@ -145,9 +145,9 @@ def test_select_spec_round_trips_files(qtbot, tmp_path):
     weights = tmp_path / "m.pth"
     weights.write_bytes(b"x")
     for wanted in ({"spec": f"{code}:Net:{weights}", "arch": None, "num_classes": None,
-                    "input_size": None, "pretrained": True},
+                    "input_size": None, "pretrained": True, "download": False},
                    {"spec": str(weights), "arch": "torchvision:resnet18", "num_classes": 5,
-                    "input_size": (1, 28, 28), "pretrained": True}):
+                    "input_size": (1, 28, 28), "pretrained": True, "download": False}):
         d = OpenModelDialog(current={**wanted, "trust": True})  # extra session keys are ignored
         qtbot.addWidget(d)
         assert d.spec() == wanted
@@ -270,3 +270,14 @@ def test_rate_dialog(qtbot):
     _click_in_modal(lambda modal: modal.findChild(QDialogButtonBox).button(QDialogButtonBox.Cancel))
     assert ask_rate(None, 0.3) is None
 
+
+
+def test_download_box_asks_the_engine_to_download(qtbot):
+    d = OpenModelDialog(initial_tab="torchvision")
+    qtbot.addWidget(d)
+    d.select_spec("torchvision:resnet18")
+    assert d.spec()["download"] is False
+    d.tv_download.setChecked(True)
+    assert d.spec()["download"] is True
+    d.tv_pretrained.setChecked(False)   # no weights wanted: nothing to download
+    assert not d.tv_download.isEnabled() and d.spec()["download"] is False

@@ -167,20 +167,23 @@ class OpenModelDialog(QDialog):
         self.tv_list.addItems(list_torchvision_models())
         self.tv_pretrained = QCheckBox("Use pretrained ImageNet weights when found in the local torch hub cache")
         self.tv_pretrained.setChecked(True)
+        self.tv_download = QCheckBox("Download the weights now if they are not in the cache (needs internet)")
         self.tv_cache = _hint()
         note = _hint("<b>Weights are never downloaded silently.</b> Only weights already in the local "
-                     "torch hub cache are used; without them the model starts from random "
-                     "initialisation (untrained).")
+                     "torch hub cache are used, unless you tick the download box; without them the model "
+                     "starts from random initialisation (untrained).")
         layout = QVBoxLayout(page)
         layout.addWidget(self.tv_filter)
         layout.addWidget(self.tv_list, 1)
         layout.addWidget(self.tv_pretrained)
+        layout.addWidget(self.tv_download)
         layout.addWidget(note)
         layout.addWidget(self.tv_cache)
         self.tv_filter.textChanged.connect(self._filter_torchvision)
         self.tv_list.currentItemChanged.connect(self._update)
         self.tv_list.itemDoubleClicked.connect(self._accept_if_complete)
         self.tv_pretrained.toggled.connect(self._update)
+        self.tv_pretrained.toggled.connect(self.tv_download.setEnabled)
         return page
 
     def _build_cifar_tab(self) -> QWidget:
@@ -449,7 +452,7 @@ class OpenModelDialog(QDialog):
         self.tv_cache.setText(text)
 
     def spec(self) -> dict:
-        """The choice as load_model's arguments: spec, arch, num_classes, input_size, pretrained."""
+        """The choice as load_model's arguments: spec, arch, num_classes, input_size, pretrained, download."""
         spec, _ = self._model_spec()
         tab = self.current_tab()
         arch = self.arch_combo.currentText().strip() if tab == "file" else ""
@@ -464,6 +467,8 @@ class OpenModelDialog(QDialog):
             "input_size": size,
             # Only torchvision models have pretrained weights to choose; the engine ignores it otherwise.
             "pretrained": self.tv_pretrained.isChecked() if tab == "torchvision" else True,
+            # Offline, the engine's error names the URL and the exact cache path to copy the file to.
+            "download": tab == "torchvision" and self.tv_pretrained.isChecked() and self.tv_download.isChecked(),
         }
 
 

@@ -62,7 +62,7 @@ def _open_model_work(request: dict) -> OpenedModel:
     """Load a model and trace its graph (engine thread)."""
     loaded = load_model(request["spec"], arch=request.get("arch"), num_classes=request.get("num_classes"),
                         trust=bool(request.get("trust")), input_size=request.get("input_size"),
-                        pretrained=request.get("pretrained", True))
+                        pretrained=request.get("pretrained", True), download=bool(request.get("download")))
     try:
         layer_graph = build_graph(loaded.module, loaded.input_size)
     except StudioError as exc:
@@ -353,6 +353,7 @@ class MainWindow(QMainWindow):
         self._log(f"Opening model {request['spec']}")
 
         def done(opened: OpenedModel) -> None:
+            opened.request.pop("download", None)   # a one-off: sessions reopen from the cache
             self.document.set_model(opened)
             self.recent.add("models", request["spec"])
             self._refresh_recent_menus()
