@@ -16,6 +16,7 @@ from studio.app import dialogs
 from studio.app.main_window import MainWindow
 from studio.engine.model_loading import demo_model_path
 
+PREDICTION_WAIT_MS = 400
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
@@ -70,6 +71,8 @@ def test_screenshots_of_the_demo(qtbot, tmp_path, monkeypatch):
         window.plots.refresh()
         window.graph.select_nodes(["layer3.0.conv1"])
         window.graph.centerOn(window.graph.node_item("layer3.0.conv1"))
+        qtbot.wait(PREDICTION_WAIT_MS)   # the prediction restarts when the job ends
+        qtbot.waitUntil(lambda: not window.runner.busy and not window._prediction_timer.isActive(), timeout=60000)
         qtbot.wait(300)
         save(window, "main-window-after-run.png")
         # A second, gentler run gives the compare view something to compare.
