@@ -104,3 +104,27 @@ def shared_cifar_test_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     _extract_shared_cifar(target, members=("test",))
     yield target / "test"
     shutil.rmtree(target, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_pruning_run(tmp_path_factory):
+    """One real, tiny pruning job (ResNet-20, synthetic data, 2 fine-tune steps): (run folder, its events).
+
+    Shared by the GUI tests that need a real run folder or a real event stream; tests that
+    change the folder must copy it first.
+    """
+    from studio.engine.events import run_to_end
+    from studio.engine.jobs import run_recipe
+    from studio.engine.pruning import PruningPlan
+    from studio.engine.recipe import DataSource, ModelSource, Recipe
+    from studio.engine.training import TrainConfig
+
+    recipe = Recipe(model=ModelSource(spec="cifar:resnet20"),
+                    data=DataSource(spec="synthetic:classes=10,size=3x32x32,train=96,val=48", batch_size=32,
+                                    calibration_batches=1),
+                    plan=PruningPlan(criterion="l1", rate=0.5),
+                    finetune=TrainConfig(epochs=1, lr=0.02, max_steps_per_epoch=2), exports=["checkpoint"])
+    folder = tmp_path_factory.mktemp("tiny-run") / "run"
+    events = []
+    run_to_end(run_recipe(recipe, folder), events.append)
+    return folder, events

@@ -18,22 +18,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture(scope="module")
-def run_events(tmp_path_factory):
+def run_events(tiny_pruning_run):
     """The events of one real, tiny pruning run (2 fine-tune steps, 1 epoch)."""
-    from studio.engine.events import run_to_end
-    from studio.engine.jobs import run_recipe
-    from studio.engine.pruning import PruningPlan
-    from studio.engine.recipe import DataSource, ModelSource, Recipe
-    from studio.engine.training import TrainConfig
-
-    recipe = Recipe(model=ModelSource(spec="cifar:resnet20"),
-                    data=DataSource(spec="synthetic:classes=10,size=3x32x32,train=96,val=48", batch_size=32,
-                                    calibration_batches=1),
-                    plan=PruningPlan(criterion="l1", rate=0.5),
-                    finetune=TrainConfig(epochs=1, lr=0.02, max_steps_per_epoch=2), exports=["checkpoint"])
-    events = []
-    run_to_end(run_recipe(recipe, tmp_path_factory.mktemp("plots") / "run"), events.append)
-    return events
+    return tiny_pruning_run[1]
 
 
 def _steps(phase, epochs, steps, val=0.5):
