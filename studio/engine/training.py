@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from studio.engine.data import TensorImageDataset
+from studio.engine.device_batches import DeviceBatches, fits_on_device
 from studio.engine.errors import StudioError
 from studio.engine.events import (NEVER_CANCELLED, CancelToken, EpochEnd, Log, Phase,
                                   Progress, TrainStep)
@@ -278,6 +280,24 @@ def _loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, work
                       sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       drop_last=drop_last, generator=generator, worker_init_fn=_worker_init,
                       persistent_workers=workers > 0)
+
+
+def _device_loaders(train_set: Dataset, val_set: Optional[Dataset], cfg: TrainConfig,
+                    device: torch.device, rank: int, world: int) -> tuple:
+    """(train, val) `DeviceBatches` for in-memory image sets that fit on the GPU; None where not.
+
+    On a GPU the host-side crop, flip and copy of each batch is the bottleneck for small
+    CIFAR-sized models, so such data is uploaded once and augmented on the device.
+    """
+    if type(train_set) is not TensorImageDataset or not fits_on_device(train_set, device):
+        return None, None
+    train_batches = DeviceBatches(train_set, device, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                  rank=rank, world=world)
+    val_batches = None
+    if type(val_set) is TensorImageDataset and fits_on_device(val_set, device):
+        val_batches = DeviceBatches(val_set, device, cfg.batch_size, shuffle=False, augment=False,
+                                    rank=rank, world=world)
+    return train_batches, val_batches
 
 
 def _check_not_empty(data: Any, what: str) -> None:
@@ -540,11 +560,13 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
         if train_set is None:
             raise StudioError("No training data was given.", "Choose a training data set.")
         _check_not_empty(train_set, "training")
-        train_loader = _loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                               workers=cfg.workers, device=device, distributed=distributed)
-        val_loader = None
         if val_set is not None:
             _check_not_empty(val_set, "validation")
+        train_loader, val_loader = _device_loaders(train_set, val_set, cfg, device, rank, world)
+        if train_loader is None:
+            train_loader = _loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                   workers=cfg.workers, device=device, distributed=distributed)
+        if val_loader is None and val_set is not None:
             val_loader = _eval_source(val_set, eval_batch, device, cfg.workers, shard=distributed)
     steps_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch is not None:
@@ -582,6 +604,7 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
                   f"{f' × {world} ranks' if distributed else ''}, batch {cfg.batch_size}, "
                   f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), AMP {'on' if use_amp else 'off'}"
                   f"{', channels_last' if channels_last else ''}"
+                  f"{', data and augmentation on the GPU' if isinstance(train_loader, DeviceBatches) else ''}"
                   f"{f', BN L1 {cfg.bn_l1:g}' if bn_scales else ''}.")
         if cfg.bn_l1 > 0 and not bn_scales:
             yield Log("bn_l1 is set but the model has no trainable BatchNorm scales; it has no effect.",
