@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="limit steps per epoch (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="new run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.train-state.pt (same settings)")
 
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
@@ -210,7 +212,7 @@ def cmd_train(args) -> int:
     show = TerminalProgress(enabled=is_main_process())
     try:
         result = run_to_end(run_training(args.model, args.data, cfg, args.out, arch=args.arch,
-                                         num_classes=args.num_classes), show)
+                                         num_classes=args.num_classes, resume=args.resume), show)
     finally:
         show.close()
         cleanup_distributed()
@@ -262,6 +264,17 @@ COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "train":
             "criteria": cmd_criteria}
 
 
+def _interrupted_note(args) -> str:
+    """What an interrupted command left: nothing, or (for `train`) a state to resume from."""
+    if args.command == "train":
+        from studio.engine.jobs import train_state_path
+        state = train_state_path(args.out)
+        if state.exists():
+            return f"no run folder was written; the last finished epoch is saved in {state}, " \
+                   "so the same command with --resume continues from there"
+    return "nothing was written"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from studio.engine.errors import StudioError
@@ -274,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print(f"interrupted: {_interrupted_note(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
         if args.debug:

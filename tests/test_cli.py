@@ -105,3 +105,67 @@ def test_train_writes_a_checkpoint_that_reopens(tmp_path, capsys):
     assert reopened.trained and reopened.arch == "cifar:resnet20" and reopened.num_classes == 10
     # A second run into the same folder is refused rather than overwriting the first.
     assert main(["train", "cifar:resnet20", "--data", "synthetic", "--epochs", "1", "--out", str(out)]) == 2
+
+
+def test_interrupted_training_resumes_from_its_saved_state(tmp_path, capsys, monkeypatch):
+    """Stopped after epoch 2 of 3, `--resume` ends with the weights of an uninterrupted run."""
+    import torch
+    from studio.engine import training
+    from studio.engine.jobs import train_state_path
+    from studio.engine.model_loading import load_model
+    args = ["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=48,val=16",
+            "--epochs", "3", "--max-steps", "2", "--batch-size", "16", "--lr", "0.05"]
+    assert main(args + ["--out", str(tmp_path / "straight")]) == 0
+    assert not train_state_path(tmp_path / "straight").exists()     # removed once the run is written
+
+    out = tmp_path / "stopped"
+    real_train = training.train
+
+    def train_interrupted_after_epoch_2(*a, **kw):
+        saver = kw["save_state"]
+
+        def save_then_stop(state):
+            saver(state)
+            if state["epoch"] == 2:
+                raise KeyboardInterrupt
+        return real_train(*a, **{**kw, "save_state": save_then_stop})
+
+    monkeypatch.setattr("studio.engine.jobs.train", train_interrupted_after_epoch_2)
+    assert main(args + ["--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not out.exists() and train_state_path(out).exists()
+    monkeypatch.undo()
+
+    # Without --resume the saved state is not silently dropped.
+    assert main(args + ["--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    saved = torch.load(train_state_path(out), weights_only=True)
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert "Resuming train after epoch 2 of 3" in capsys.readouterr().err
+    assert not train_state_path(out).exists()
+    history = json.loads((out / "metrics.json").read_text())["history"]["train"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[:2] == json.loads(json.dumps(saved["history"]))    # epochs 1-2 were not re-run
+    straight = load_model(str(tmp_path / "straight" / "model.ckpt.pt")).module.state_dict()
+    resumed = load_model(str(out / "model.ckpt.pt")).module.state_dict()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_refuses_other_settings_and_damaged_states(tmp_path, capsys):
+    from studio.engine.jobs import train_state_path
+    out = tmp_path / "run"
+    args = ["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=32,val=16",
+            "--epochs", "2", "--max-steps", "1", "--batch-size", "16", "--out", str(out)]
+    assert main(args + ["--resume"]) == 2
+    assert "no saved training state" in capsys.readouterr().err
+    train_state_path(out).write_bytes(b"not a state")
+    assert main(args + ["--resume"]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+    import torch
+    from studio.engine.training import TRAIN_STATE_FORMAT, TrainConfig
+    torch.save({"format": TRAIN_STATE_FORMAT, "config": TrainConfig(epochs=2, lr=0.5).to_dict()},
+               train_state_path(out))
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr" in err

@@ -169,6 +169,11 @@ class TensorImageDataset(Dataset):
         return list(zip(batch.unbind(0), self._labels[idx].tolist()))
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and augmentation (different per epoch, fixed per run)."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
 def _crop_and_flip(pixels: np.ndarray, indices: np.ndarray, aug: Augment) -> np.ndarray:
     """Random crop (zero padding ``aug.pad``) and optional horizontal flip of pixels[indices].
 

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from studio.engine.data import TensorImageDataset
+from studio.engine.data import TensorImageDataset, epoch_seed
 
 # Use at most this share of the free GPU memory for the resident copy of the data.
 MEMORY_SHARE = 0.25
@@ -101,7 +101,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Drawn on the CPU, so the order is the same on any GPU, then moved over once per epoch.
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = self._order(generator)
         count = len(order)
         if self.aug is not None:

@@ -29,7 +29,7 @@ from studio.engine.data import DataBundle, check_compatible, load_data, make_loa
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, MetricsSnapshot, Phase
 from studio.engine.export import export_model
-from studio.engine.files import write_text
+from studio.engine.files import atomic_write, write_text
 from studio.engine.graph import find_tracing_hazards
 from studio.engine.metrics import measure
 from studio.engine.model_loading import LoadedModel, load_model
@@ -255,22 +255,55 @@ def _run(recipe, staging, token, loaded, bundle, started):
     return RunResult(run_dir=None, metrics=metrics, model=model)
 
 
+def train_state_path(out_dir) -> Path:
+    """Where `run_training` keeps the state of an unfinished run: next to its run folder."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}.train-state.pt"
+
+
+def _read_train_state(path: Path, resume: bool) -> Optional[dict]:
+    """The saved state to resume from, or None to start afresh; refuses to drop one silently."""
+    if not resume:
+        if path.exists():
+            raise StudioError(f"An interrupted training run left its state in {path}.",
+                              "Add --resume to continue it, or delete that file to start again.")
+        return None
+    if not path.is_file():
+        raise StudioError(f"There is no saved training state at {path} to resume.",
+                          "Run the same command without --resume to start training.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # a truncated or foreign file: say so instead of a pickle traceback
+        raise StudioError(f"The saved training state {path} cannot be read ({exc.__class__.__name__}).",
+                          "Delete it and start the training again.") from exc
+
+
+def _write_train_state(path: Path, state: dict) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+
+
 def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optional[str] = None,
-                 num_classes: Optional[int] = None, token: Optional[CancelToken] = None
-                 ) -> Generator[object, None, RunResult]:
+                 num_classes: Optional[int] = None, token: Optional[CancelToken] = None,
+                 resume: bool = False) -> Generator[object, None, RunResult]:
     """Train a model from scratch (or continue from its weights) and write a run folder.
 
     The folder holds `training.json` (what was asked), `metrics.json` (per-epoch history and
     final accuracy) and `model.ckpt.pt`, a checkpoint that `load_model` opens with
-    `weights_only=True`. Like `run_recipe`, nothing is left behind on failure or cancel.
+    `weights_only=True`. Like `run_recipe`, nothing is left behind in it on failure or cancel.
+    After every epoch the state (weights, optimizer, history) is saved to
+    `train_state_path(out_dir)`; if the run stops, ``resume=True`` continues from there.
     """
     from studio.engine.export import save_checkpoint
 
     token = token or CancelToken()
     started = time.perf_counter()
     main = is_main_process()
+    state_path = train_state_path(out_dir)
+    state = _read_train_state(state_path, resume)
     with staged_run_folder(out_dir, main) as staging:
         yield Phase("analyse", "Loading the model and data")
+        seed_everything(cfg.seed)   # a model built from scratch gets the same initial weights every time
         loaded = load_model(model_spec, arch=arch, num_classes=num_classes)
         if loaded.arch is None:
             raise StudioError(f"{model_spec} has no rebuildable architecture name, so its checkpoint could not be reopened.",
@@ -283,7 +316,8 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
         yield Log(f"Model: {loaded.summary()}")
         yield Log(f"Data: {bundle.summary()}")
         model = copy.deepcopy(loaded.module)
-        result = yield from train(model, bundle.train, bundle.val, cfg, phase="train", token=token)
+        result = yield from train(model, bundle.train, bundle.val, cfg, phase="train", token=token,
+                                  resume=state, save_state=lambda s: _write_train_state(state_path, s))
         model = model.cpu().eval()
         metrics = {}
         if main:
@@ -306,5 +340,6 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
                  "train": cfg.to_dict()}, indent=2) + "\n")
             write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     if main:
+        state_path.unlink(missing_ok=True)
         yield Log(f"Run folder written: {out_dir}")
     return RunResult(run_dir=Path(out_dir) if main else None, metrics=metrics, model=model)

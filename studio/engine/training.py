@@ -16,7 +16,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Generator, Optional
+from typing import Any, Callable, Generator, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from studio.engine.data import TensorImageDataset
+from studio.engine.data import TensorImageDataset, epoch_seed
 from studio.engine.device_batches import DeviceBatches, fits_on_device
 from studio.engine.errors import StudioError
 from studio.engine.events import (NEVER_CANCELLED, CancelToken, EpochEnd, Log, Phase,
@@ -33,6 +33,7 @@ from studio.engine.events import (NEVER_CANCELLED, CancelToken, EpochEnd, Log, P
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+TRAIN_STATE_FORMAT = "studio-train-state-1"
 
 
 # --------------------------------------------------------------------------- config
@@ -244,6 +245,17 @@ def select_device(preference: str = "auto") -> torch.device:
                               "GPU(s) are visible.", "Choose 'cuda' or a lower GPU number.")
         return torch.device("cuda", index)
     raise StudioError(f"Unknown device '{preference}'.", "Use 'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'.")
+
+
+def _check_resumable(state: Any, cfg: TrainConfig) -> None:
+    """Refuse a saved training state that is damaged or was made with other settings."""
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise StudioError("The saved training state is not one the studio wrote, or it is damaged.",
+                          "Delete it and start the training again.")
+    if state["config"] != cfg.to_dict():
+        changed = sorted(k for k in cfg.to_dict() if state["config"].get(k) != getattr(cfg, k))
+        raise StudioError(f"The saved training state was made with other settings ({', '.join(changed)}).",
+                          "Resume with the same settings, or delete the saved state to start again.")
 
 
 def seed_everything(seed: int) -> None:
@@ -534,13 +546,19 @@ def evaluate(model: nn.Module, dataset_or_loader: Any, *, device: Any = None, ba
 
 def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Dataset], cfg: TrainConfig, *,
           phase: str = "fine-tune", token: Optional[CancelToken] = None,
-          loaders: Optional[tuple] = None) -> Generator[Any, None, TrainResult]:
+          loaders: Optional[tuple] = None, resume: Optional[dict] = None,
+          save_state: Optional[Callable[[dict], None]] = None) -> Generator[Any, None, TrainResult]:
     """Train ``model`` in place with ``cfg``; yield progress events and return a `TrainResult`.
 
     ``loaders`` = ``(train_loader, val_loader_or_None)`` replaces the loaders built from
     ``train_set`` / ``val_set`` (under DDP the caller then shards them; validation sums
     are still all-reduced). The model stays on the training device and is left in
     eval mode. `token.check()` runs before every batch: pause blocks, cancel raises.
+
+    ``save_state`` is called (on rank 0) after every epoch with a `torch.save`-able dict;
+    passing that dict back as ``resume`` continues the run where it stopped. Each epoch
+    reseeds its shuffle and augmentation, so with ``workers=0`` a resumed run gives the
+    same weights as one that was never interrupted.
     """
     cfg.validate()
     token = token or NEVER_CANCELLED
@@ -550,6 +568,9 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     distributed = world > 1
     main = rank == 0
     seed_everything(cfg.seed)
+    if resume is not None:
+        _check_resumable(resume, cfg)
+        model.load_state_dict(resume["model"])
 
     # Validation uses the training batch size, so lowering it also cures an out-of-memory there.
     eval_batch = cfg.batch_size
@@ -614,13 +635,26 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     final: Optional[EvalResult] = None
     train_seconds = 0.0
     train_images = 0
-    global_step = 0
+    first_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        history = list(resume["history"])
+        first_epoch = resume["epoch"]
+        train_seconds, train_images = resume["train_seconds"], resume["train_images"]
+        if main:
+            yield Log(f"Resuming {phase} after epoch {first_epoch} of {cfg.epochs}.")
+    global_step = first_epoch * steps_per_epoch
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            sampler = getattr(train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            # Each epoch's randomness depends only on (seed, epoch): a resumed run repeats it.
+            seed_everything(epoch_seed(cfg.seed, epoch))
+            if isinstance(getattr(train_loader, "generator", None), torch.Generator):
+                train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            for source in (train_loader, getattr(train_loader, "sampler", None)):
+                if hasattr(source, "set_epoch"):
+                    source.set_epoch(epoch)
             net.train()
             loss_sum = 0.0
             correct_sum = 0.0
@@ -712,8 +746,15 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
             history.append(dataclasses.asdict(end))
             if main:
                 yield end
+            if save_state is not None and main:
+                _sync_buffers(net)
+                save_state({"format": TRAIN_STATE_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
+                            "steps_per_epoch": steps_per_epoch, "model": _unwrap(net).state_dict(),
+                            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                            "history": history, "train_seconds": train_seconds,
+                            "train_images": train_images})
         _sync_buffers(net)
-        if cfg.epochs == 0 and val_loader is not None:
+        if first_epoch == cfg.epochs and val_loader is not None:
             final = yield from _eval_loop(net, val_loader, device, token, None, phase, eval_batch,
                                           distributed)
     finally:
