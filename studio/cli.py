@@ -43,6 +43,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="allow loading a full pickled model (runs code from the file: only for files you trust)")
 
 
+# `studio train` flag → TrainConfig field, and the flag's default when neither it nor a recipe gives one.
+TRAIN_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "optimizer": "optimizer",
+               "schedule": "schedule", "weight_decay": "weight_decay", "label_smoothing": "label_smoothing",
+               "seed": "seed", "max_steps": "max_steps_per_epoch"}
+TRAIN_DEFAULTS = {"epochs": 30, "lr": 0.1, "batch_size": 128, "optimizer": "sgd", "schedule": "onecycle",
+                  "weight_decay": 5e-4, "label_smoothing": 0.0, "seed": 0, "max_steps": None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="studio", description="Compression Studio: structured pruning of CNNs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -80,25 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-recipe", help="also write the recipe built from these flags to this file")
     p.add_argument("--out", required=True, help="new run folder")
 
-    p = sub.add_parser("run", help="run a recipe file (works under torchrun for multi-GPU fine-tuning)")
+    p = sub.add_parser("run", help="run a recipe file: a compression job, or a training job's training.json "
+                                   "(works under torchrun for multi-GPU training)")
     p.add_argument("recipe")
     p.add_argument("--out", required=True, help="new run folder")
+    p.add_argument("--resume", action="store_true", help="training recipes: continue an interrupted run")
 
     p = sub.add_parser("train", help="train a model from scratch or continue from its weights")
-    p.add_argument("model", help="model spec, e.g. cifar:resnet20 or a studio checkpoint to continue from")
+    p.add_argument("model", nargs="?", help="model spec, e.g. cifar:resnet20 or a studio checkpoint to continue from")
+    p.add_argument("--recipe", help="a training recipe (the training.json of an earlier run) instead of the flags")
     p.add_argument("--arch", help="architecture for a state_dict file")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--data", required=True, help="dataset folder/spec with a training split")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--schedule", default="onecycle", choices=["cosine", "onecycle", "constant"])
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", help="dataset folder/spec with a training split")
+    # None marks "not given", so flags can be told apart from a --recipe; defaults in TRAIN_DEFAULTS.
+    p.add_argument("--epochs", type=int, help=f"default {TRAIN_DEFAULTS['epochs']}")
+    p.add_argument("--lr", type=float, help=f"default {TRAIN_DEFAULTS['lr']}")
+    p.add_argument("--batch-size", type=int, help=f"default {TRAIN_DEFAULTS['batch_size']}")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default sgd")
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "constant"], help="default onecycle")
+    p.add_argument("--weight-decay", type=float, help=f"default {TRAIN_DEFAULTS['weight_decay']}")
+    p.add_argument("--label-smoothing", type=float, help="default 0")
+    p.add_argument("--device", help="auto (default), cuda, mps or cpu; may override a --recipe's")
     p.add_argument("--max-steps", type=int, help="limit steps per epoch (smoke runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--out", required=True, help="new run folder")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.train-state.pt (same settings)")
@@ -194,25 +206,58 @@ def cmd_prune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from studio.engine.recipe import load_recipe
-    return _run_job(load_recipe(args.recipe), args.out)
+    from studio.engine.errors import StudioError
+    from studio.engine.recipe import Recipe, TrainingRecipe, is_training_recipe, read_recipe_json
+    data = read_recipe_json(args.recipe)
+    if is_training_recipe(data):
+        return _run_training(TrainingRecipe.from_dict(data), args.out, args.resume)
+    if args.resume:
+        raise StudioError("--resume applies to training recipes only.",
+                          "Run the compression recipe again without --resume, into a new folder.")
+    return _run_job(Recipe.from_dict(data), args.out)
+
+
+def _training_recipe_from_args(args):
+    """The training job the flags (or --recipe, with an optional --device) describe."""
+    from studio.engine.errors import StudioError
+    from studio.engine.recipe import TrainingRecipe, read_recipe_json
+    from studio.engine.training import TrainConfig
+    if args.recipe:
+        clashing = [f"--{name.replace('_', '-')}" for name in (*TRAIN_FLAGS, "arch", "num_classes", "data")
+                    if getattr(args, name) is not None] + (["MODEL"] if args.model else [])
+        if clashing:
+            raise StudioError(f"--recipe already sets what {', '.join(clashing)} would.",
+                              "Give either --recipe (plus --out, and --device or --resume if needed) or the flags.")
+        recipe = TrainingRecipe.from_dict(read_recipe_json(args.recipe))
+        if args.device:
+            recipe.train.device = args.device
+            recipe.train.validate()
+        return recipe
+    if not args.model or not args.data:
+        raise StudioError("studio train needs a MODEL and --data (or a --recipe).",
+                          "For example: studio train cifar:resnet20 --data path/to/cifar10 --out runs/base")
+    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()}
+    settings = {field: TRAIN_DEFAULTS[flag] if given[field] is None else given[field]
+                for flag, field in TRAIN_FLAGS.items()}
+    cfg = TrainConfig(**settings, device=args.device or "auto")
+    cfg.validate()
+    return TrainingRecipe(model=args.model, data=args.data, train=cfg, arch=args.arch,
+                          num_classes=args.num_classes)
 
 
 def cmd_train(args) -> int:
+    return _run_training(_training_recipe_from_args(args), args.out, args.resume)
+
+
+def _run_training(recipe, out: str, resume: bool) -> int:
     from studio.engine.events import run_to_end
     from studio.engine.jobs import run_training
-    from studio.engine.training import TrainConfig, cleanup_distributed, is_main_process
+    from studio.engine.training import cleanup_distributed, is_main_process
     from studio.progress import TerminalProgress
 
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-                      schedule=args.schedule, weight_decay=args.weight_decay,
-                      label_smoothing=args.label_smoothing, device=args.device, seed=args.seed,
-                      max_steps_per_epoch=args.max_steps)
-    cfg.validate()
     show = TerminalProgress(enabled=is_main_process())
     try:
-        result = run_to_end(run_training(args.model, args.data, cfg, args.out, arch=args.arch,
-                                         num_classes=args.num_classes, resume=args.resume), show)
+        result = run_to_end(run_training(recipe, out, resume=resume), show)
     finally:
         show.close()
         cleanup_distributed()
@@ -266,7 +311,7 @@ COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "train":
 
 def _interrupted_note(args) -> str:
     """What an interrupted command left: nothing, or (for `train`) a state to resume from."""
-    if args.command == "train":
+    if args.command in ("train", "run"):
         from studio.engine.jobs import train_state_path
         state = train_state_path(args.out)
         if state.exists():

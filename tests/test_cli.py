@@ -169,3 +169,47 @@ def test_resume_refuses_other_settings_and_damaged_states(tmp_path, capsys):
     assert main(args + ["--resume"]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "lr" in err
+
+
+def test_a_training_runs_recipe_repeats_it(tmp_path, capsys):
+    """training.json of a run is a recipe: `train --recipe` and `run` give the same weights."""
+    import torch
+    from studio.engine.model_loading import load_model
+    first = tmp_path / "first"
+    assert main(["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=32,val=16",
+                 "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--lr", "0.02",
+                 "--schedule", "cosine", "--out", str(first)]) == 0
+    recipe = json.loads((first / "training.json").read_text())
+    assert recipe["kind"] == "train" and recipe["train"]["lr"] == 0.02 and recipe["train"]["schedule"] == "cosine"
+    assert main(["train", "--recipe", str(first / "training.json"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["run", str(first / "training.json"), "--out", str(tmp_path / "via-run")]) == 0
+    weights = [load_model(str(tmp_path / name / "model.ckpt.pt")).module.state_dict()
+               for name in ("first", "again", "via-run")]
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+    capsys.readouterr()
+
+    # The recipe and the flags it replaces cannot both be given.
+    assert main(["train", "--recipe", str(first / "training.json"), "--lr", "0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--lr" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "y")]) == 2
+    assert "needs a MODEL and --data" in capsys.readouterr().err
+    # A training recipe is not a compression recipe, and the other way round.
+    from studio.engine.recipe import load_recipe
+    from studio.engine.errors import StudioError
+    with pytest.raises(StudioError, match="training recipe"):
+        load_recipe(first / "training.json")
+    assert main(["run", str(first / "training.json"), "--out", str(tmp_path / "z"), "--resume"]) == 2
+    assert "no saved training state" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"kind": "train", "data": "synthetic"}, "needs 'model'"),
+    ({"kind": "train", "model": "cifar:resnet20", "data": "synthetic", "train": {"lr": -1}}, "lr"),
+    ({"kind": "train", "model": "cifar:resnet20", "data": "synthetic", "tarin": {}}, "unknown keys: tarin"),
+    ({"kind": "train", "model": "cifar:resnet20", "data": "synthetic", "num_classes": 0}, "num_classes"),
+])
+def test_bad_training_recipes_are_named(tmp_path, capsys, recipe, message):
+    path = tmp_path / "training.json"
+    path.write_text(json.dumps(recipe))
+    assert main(["train", "--recipe", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err

@@ -34,7 +34,7 @@ from studio.engine.graph import find_tracing_hazards
 from studio.engine.metrics import measure
 from studio.engine.model_loading import LoadedModel, load_model
 from studio.engine.pruning import PruneResult, prune
-from studio.engine.recipe import Recipe
+from studio.engine.recipe import Recipe, TrainingRecipe
 from studio.engine.report import write_report
 from studio.engine.training import is_main_process, seed_everything, train
 
@@ -283,12 +283,11 @@ def _write_train_state(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optional[str] = None,
-                 num_classes: Optional[int] = None, token: Optional[CancelToken] = None,
+def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken] = None,
                  resume: bool = False) -> Generator[object, None, RunResult]:
     """Train a model from scratch (or continue from its weights) and write a run folder.
 
-    The folder holds `training.json` (what was asked), `metrics.json` (per-epoch history and
+    The folder holds `training.json` (the recipe, which repeats the run), `metrics.json` (per-epoch history and
     final accuracy) and `model.ckpt.pt`, a checkpoint that `load_model` opens with
     `weights_only=True`. Like `run_recipe`, nothing is left behind in it on failure or cancel.
     After every epoch the state (weights, optimizer, history) is saved to
@@ -299,12 +298,14 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
     token = token or CancelToken()
     started = time.perf_counter()
     main = is_main_process()
+    cfg, model_spec, data_spec = recipe.train, recipe.model, recipe.data
+    cfg.validate()
     state_path = train_state_path(out_dir)
     state = _read_train_state(state_path, resume)
     with staged_run_folder(out_dir, main) as staging:
         yield Phase("analyse", "Loading the model and data")
         seed_everything(cfg.seed)   # a model built from scratch gets the same initial weights every time
-        loaded = load_model(model_spec, arch=arch, num_classes=num_classes)
+        loaded = load_model(model_spec, arch=recipe.arch, num_classes=recipe.num_classes)
         if loaded.arch is None:
             raise StudioError(f"{model_spec} has no rebuildable architecture name, so its checkpoint could not be reopened.",
                               "Train a cifar:/torchvision: model, or a .pt checkpoint written by the studio.")
@@ -335,9 +336,7 @@ def run_training(model_spec: str, data_spec: str, cfg, out_dir, *, arch: Optiona
                        "data": {"spec": data_spec, "summary": bundle.summary()},
                        "final": final, "images_per_s": result.images_per_s,
                        "history": {"train": result.history}}
-            write_text(staging / "training.json", json.dumps(
-                {"model": model_spec, "arch": arch, "num_classes": num_classes, "data": data_spec,
-                 "train": cfg.to_dict()}, indent=2) + "\n")
+            write_text(staging / "training.json", json.dumps(recipe.to_dict(), indent=2) + "\n")
             write_text(staging / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     if main:
         state_path.unlink(missing_ok=True)

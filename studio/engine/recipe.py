@@ -139,8 +139,47 @@ class Recipe:
         self.finetune.validate()
 
 
-def load_recipe(path) -> Recipe:
-    """Read a recipe file, with clear messages for a missing file or broken JSON."""
+@dataclass
+class TrainingRecipe:
+    """A baseline training job (`studio train`) as data; every training run folder keeps its own
+    as training.json, so `studio train --recipe` or `studio run` can repeat it."""
+    model: str
+    data: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    arch: Optional[str] = None
+    num_classes: Optional[int] = None
+    kind: str = "train"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "model": self.model, "arch": self.arch, "num_classes": self.num_classes,
+                "data": self.data, "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingRecipe":
+        if not isinstance(d, dict):
+            raise StudioError("A training recipe must be a JSON object.", "See docs/RECIPES.md for the format.")
+        _check_keys("top level", d, cls)
+        for key in ("model", "data"):
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise StudioError(f"The training recipe needs '{key}' as a string.",
+                                  "For example \"model\": \"cifar:resnet20\", \"data\": \"path/to/cifar10\".")
+        if d.get("kind", "train") != "train":
+            raise StudioError(f"Training recipe kind {d['kind']!r} is not 'train'.", "Set \"kind\": \"train\".")
+        num_classes = d.get("num_classes")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise StudioError(f"num_classes must be a positive whole number (got {num_classes!r}).",
+                              "Fix it or leave it out.")
+        return cls(model=d["model"], data=d["data"], train=TrainConfig.from_dict(d.get("train") or {}),
+                   arch=d.get("arch"), num_classes=num_classes)
+
+
+def is_training_recipe(d) -> bool:
+    """True for a training job's recipe (training.json) rather than a compression recipe."""
+    return isinstance(d, dict) and (d.get("kind") == "train" or ("train" in d and "plan" not in d))
+
+
+def read_recipe_json(path) -> dict:
+    """Read a recipe file's JSON, with clear messages for a missing file or broken JSON."""
     path = Path(path)
     if not path.is_file():
         raise StudioError(f"Recipe file not found: {path}.", "Check the path.")
@@ -151,6 +190,15 @@ def load_recipe(path) -> Recipe:
                           "Fix the JSON syntax and run again.") from exc
     except UnicodeDecodeError as exc:
         raise StudioError(f"Recipe {path} is not a text file.", "Pass a .json recipe.") from exc
+    return data
+
+
+def load_recipe(path) -> Recipe:
+    """Read a compression recipe file."""
+    data = read_recipe_json(path)
+    if is_training_recipe(data):
+        raise StudioError(f"{path} is a training recipe, not a compression recipe.",
+                          "Run it with `studio train --recipe` (or `studio run`).")
     return Recipe.from_dict(data)
 
 
