@@ -117,8 +117,13 @@ def test_fits_on_device_is_false_off_cuda():
     assert not fits_on_device(image_set(4), CPU)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_training_uses_device_batches_and_learns():
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_training_uses_device_batches_and_learns(device, monkeypatch):
+    """On CUDA `train` picks DeviceBatches by itself; on the CPU it is made to, to test the wiring."""
+    if device == "cpu":
+        monkeypatch.setattr("studio.engine.training.fits_on_device", lambda *a: True)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(512) % 4
     # Each class has its own bright quadrant: learnable after crops and flips.
@@ -133,7 +138,7 @@ def test_cuda_training_uses_device_batches_and_learns():
                           nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4))
     events = []
     result = run_to_end(train(model, train_set, val_set,
-                              TrainConfig(epochs=4, lr=0.05, batch_size=64, device="cuda")), events.append)
-    assert any(isinstance(e, Log) and "on the GPU" in e.message for e in events)
+                              TrainConfig(epochs=4, lr=0.05, batch_size=64, device=device)), events.append)
+    assert any(isinstance(e, Log) and "data and augmentation on" in e.message for e in events)
     assert result.final.samples == 128
     assert result.final.top1 > 0.9

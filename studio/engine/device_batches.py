@@ -1,9 +1,10 @@
 """Batches of an in-memory image set served from GPU memory, with crop and flip done on the GPU.
 
-A small model on a fast GPU trains faster than one CPU core can crop, flip, normalize and
-copy its batches: on an H100 a ResNet-20 epoch took ~7 s with the DataLoader path, nearly
-all of it waiting for the host. For a `TensorImageDataset` that fits in GPU memory, `train`
-uploads the uint8 pixels once and draws every batch with one gather on the device instead.
+With the DataLoader path every batch is cropped, flipped and normalized by one CPU core
+and copied over while the GPU waits; on an H100 a ResNet-20 epoch took ~7 s that way. For
+a `TensorImageDataset` that fits in GPU memory, `train` uploads the uint8 pixels once and
+draws every batch with one gather on the device instead, taking the batch preparation off
+the host. `bench/gpu_data.py` measures the gain; it has not yet run on a GPU.
 
 The augmentation is the same as the CPU path's (`data._crop_and_flip`): a random crop of
 the zero-padded image, then an optional horizontal flip.

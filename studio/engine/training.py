@@ -625,7 +625,7 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
                   f"{f' × {world} ranks' if distributed else ''}, batch {cfg.batch_size}, "
                   f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), AMP {'on' if use_amp else 'off'}"
                   f"{', channels_last' if channels_last else ''}"
-                  f"{', data and augmentation on the GPU' if isinstance(train_loader, DeviceBatches) else ''}"
+                  f"{f', data and augmentation on {device}' if isinstance(train_loader, DeviceBatches) else ''}"
                   f"{f', BN L1 {cfg.bn_l1:g}' if bn_scales else ''}.")
         if cfg.bn_l1 > 0 and not bn_scales:
             yield Log("bn_l1 is set but the model has no trainable BatchNorm scales; it has no effect.",
