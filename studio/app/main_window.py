@@ -660,8 +660,9 @@ class MainWindow(QMainWindow):
         self._schedule_prediction()   # estimates are held back while a job runs
 
     def _on_job_done(self, result: dict, started: float) -> None:
+        # The plots' timer draws what is left, one chart per tick: drawing all three here would
+        # repaint them in one pass on top of the runs table and graph updates below.
         self._job_ended()
-        self.plots.refresh()
         run_dir = Path(result["run_dir"])
         if result["pdf_note"]:
             self._log(result["pdf_note"], "error")
