@@ -341,11 +341,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
-def test_ddp_two_ranks_on_cpu(tmp_path):
+@pytest.mark.parametrize("feed", ["dataloader", "device-batches"])
+def test_ddp_two_ranks_on_cpu(tmp_path, feed):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)] + ([feed] if feed == "device-batches" else [])
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())
@@ -355,7 +356,8 @@ def test_ddp_two_ranks_on_cpu(tmp_path):
     assert r0["initial"] != r1["initial"]
     assert r0["state"] == r1["state"]
     assert r0["state"] != r0["initial"]
-    assert r0["train_steps"] == 3 and r1["train_steps"] == 0
+    assert r0["train_steps"] == (3 if feed == "dataloader" else 4) and r1["train_steps"] == 0
+    assert r0["device_batches"] == (feed == "device-batches")
     assert r0["epoch_ends"] == 1 and r1["epoch_ends"] == 0
     # Validation sums are all-reduced: both ranks see the whole 40-image validation set.
     assert r0["val_samples"] == r1["val_samples"] == 40
