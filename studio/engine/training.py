@@ -638,7 +638,8 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     first_epoch = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
+        if resume["scaler"] and scaler.is_enabled():   # empty when saved without AMP (e.g. on a CPU)
+            scaler.load_state_dict(resume["scaler"])
         history = list(resume["history"])
         first_epoch = resume["epoch"]
         train_seconds, train_images = resume["train_seconds"], resume["train_images"]
