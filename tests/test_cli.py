@@ -164,7 +164,9 @@ def test_resume_refuses_other_settings_and_damaged_states(tmp_path, capsys):
 
     import torch
     from studio.engine.training import TRAIN_STATE_FORMAT, TrainConfig
-    torch.save({"format": TRAIN_STATE_FORMAT, "config": TrainConfig(epochs=2, lr=0.5).to_dict()},
+    job = {"model": "cifar:resnet20", "arch": None, "num_classes": None,
+           "data": "synthetic:classes=10,size=3x32x32,train=32,val=16"}
+    torch.save({"format": TRAIN_STATE_FORMAT, "config": TrainConfig(epochs=2, lr=0.5).to_dict(), "job": job},
                train_state_path(out))
     assert main(args + ["--resume"]) == 2
     err = capsys.readouterr().err
@@ -213,3 +215,27 @@ def test_bad_training_recipes_are_named(tmp_path, capsys, recipe, message):
     path.write_text(json.dumps(recipe))
     assert main(["train", "--recipe", str(path), "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_other_data(tmp_path, capsys, monkeypatch):
+    from studio.engine import training
+    from studio.engine.jobs import train_state_path
+    out = tmp_path / "run"
+    args = ["train", "cifar:resnet20", "--epochs", "2", "--batch-size", "16", "--out", str(out)]
+    real_train = training.train
+
+    def stop_after_epoch_1(*a, **kw):
+        saver = kw["save_state"]
+
+        def save_then_stop(state):
+            saver(state)
+            raise KeyboardInterrupt
+        return real_train(*a, **{**kw, "save_state": save_then_stop})
+
+    monkeypatch.setattr("studio.engine.jobs.train", stop_after_epoch_1)
+    assert main(args + ["--data", "synthetic:classes=10,size=3x32x32,train=32,val=16"]) == 130
+    monkeypatch.undo()
+    assert train_state_path(out).exists()
+    capsys.readouterr()
+    assert main(args + ["--data", "synthetic:classes=10,size=3x32x32,train=64,val=16", "--resume"]) == 2
+    assert "belongs to another job (different data)" in capsys.readouterr().err

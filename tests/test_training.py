@@ -396,3 +396,12 @@ def test_limited_evaluation_samples_every_class_of_a_sorted_set():
     assert len(seen) == 32 and len(seen.unique()) >= 6
     again = torch.cat([y for _, y in _eval_source(data, 16, torch.device("cpu"), max_batches=2)])
     assert torch.equal(seen, again)
+
+
+def test_resume_with_a_different_epoch_length_is_refused():
+    """A saved state whose epochs had another number of steps (the data changed) cannot resume."""
+    states = []
+    drain(train(tiny_net(), make_data(64), None, cfg(epochs=2), save_state=states.append))
+    assert [s["epoch"] for s in states] == [1, 2]
+    with pytest.raises(StudioError, match="2 steps per epoch; this data gives 4"):
+        drain(train(tiny_net(), make_data(128), None, cfg(epochs=2), resume=states[0]))

@@ -302,6 +302,13 @@ def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken
     cfg.validate()
     state_path = train_state_path(out_dir)
     state = _read_train_state(state_path, resume)
+    job = {"model": model_spec, "arch": recipe.arch, "num_classes": recipe.num_classes, "data": data_spec}
+    if state is not None and isinstance(state, dict) and state.get("job") != job:
+        saved = state.get("job") or {}
+        changed = [k for k in job if saved.get(k) != job[k]]
+        raise StudioError(f"The saved training state in {state_path} belongs to another job "
+                          f"(different {', '.join(changed) or 'job'}).",
+                          "Resume with the model and data the run started with, or delete the saved state.")
     with staged_run_folder(out_dir, main) as staging:
         yield Phase("analyse", "Loading the model and data")
         seed_everything(cfg.seed)   # a model built from scratch gets the same initial weights every time
@@ -318,7 +325,7 @@ def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken
         yield Log(f"Data: {bundle.summary()}")
         model = copy.deepcopy(loaded.module)
         result = yield from train(model, bundle.train, bundle.val, cfg, phase="train", token=token,
-                                  resume=state, save_state=lambda s: _write_train_state(state_path, s))
+                                  resume=state, save_state=lambda s: _write_train_state(state_path, {**s, "job": job}))
         model = model.cpu().eval()
         metrics = {}
         if main:

@@ -298,8 +298,8 @@ def _device_loaders(train_set: Dataset, val_set: Optional[Dataset], cfg: TrainCo
                     device: torch.device, rank: int, world: int) -> tuple:
     """(train, val) `DeviceBatches` for in-memory image sets that fit on the GPU; None where not.
 
-    On a GPU the host-side crop, flip and copy of each batch is the bottleneck for small
-    CIFAR-sized models, so such data is uploaded once and augmented on the device.
+    Such data is uploaded once and augmented on the device, so the host no longer crops,
+    flips and copies every batch while the GPU waits.
     """
     if type(train_set) is not TensorImageDataset or not fits_on_device(train_set, device):
         return None, None
@@ -637,6 +637,10 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     train_images = 0
     first_epoch = 0
     if resume is not None:
+        if resume["steps_per_epoch"] != steps_per_epoch:
+            raise StudioError(f"The saved training state ran {resume['steps_per_epoch']} steps per epoch; "
+                              f"this data gives {steps_per_epoch}.",
+                              "Resume with the data the run started with, or delete the saved state.")
         optimizer.load_state_dict(resume["optimizer"])
         if resume["scaler"] and scaler.is_enabled():   # empty when saved without AMP (e.g. on a CPU)
             scaler.load_state_dict(resume["scaler"])
