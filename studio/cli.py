@@ -281,8 +281,8 @@ def cmd_gui(args) -> int:
     try:
         from studio.app import main as gui_main
     except ImportError as exc:
-        # The desktop window is built on top of this engine; until it is present the demo
-        # runs headless so `make run` still shows the whole pipeline end to end.
+        # Without Qt (PySide6 or pyqtgraph not installed, e.g. an engine-only install) the
+        # demo still runs end to end in the terminal rather than failing.
         print(f"The desktop window is not available ({exc}); running the demo job in the terminal instead.")
         return _run_demo_headless()
     return gui_main(demo=args.demo)

@@ -239,3 +239,15 @@ def test_resume_refuses_other_data(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(args + ["--data", "synthetic:classes=10,size=3x32x32,train=64,val=16", "--resume"]) == 2
     assert "belongs to another job (different data)" in capsys.readouterr().err
+
+
+def test_demo_without_qt_runs_headless(monkeypatch, capsys):
+    """With the GUI libraries missing, `studio --demo` runs the demo job in the terminal."""
+    import studio.cli as cli
+    jobs = []
+    monkeypatch.setitem(sys.modules, "studio.app", None)     # import studio.app → ImportError
+    monkeypatch.setattr(cli, "_run_job", lambda recipe, out: jobs.append((recipe, out)) or 0)
+    assert main(["--demo"]) == 0
+    assert "running the demo job in the terminal" in capsys.readouterr().out
+    (recipe, out), = jobs
+    assert recipe.model.spec == "demo" and recipe.data.spec == "demo" and recipe.finetune.epochs == 1
