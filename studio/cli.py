@@ -150,11 +150,13 @@ def _run_job(recipe, out) -> int:
     from studio.progress import TerminalProgress
 
     show = TerminalProgress(enabled=is_main_process())
+    finished = False
     try:
         result = run_to_end(run_recipe(recipe, out), show)
+        finished = True
     finally:
         show.close()
-        cleanup_distributed()
+        cleanup_distributed(after_error=not finished)
     if result.run_dir is not None:
         m = result.metrics
         b, a = m["before"], m["after"]
@@ -256,11 +258,13 @@ def _run_training(recipe, out: str, resume: bool) -> int:
     from studio.progress import TerminalProgress
 
     show = TerminalProgress(enabled=is_main_process())
+    finished = False
     try:
         result = run_to_end(run_training(recipe, out, resume=resume), show)
+        finished = True
     finally:
         show.close()
-        cleanup_distributed()
+        cleanup_distributed(after_error=not finished)
     if result.run_dir is not None:
         final = result.metrics.get("final") or {}
         if final:

@@ -11,6 +11,7 @@ rank 0 yields the events meant for display.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import random
@@ -207,10 +208,20 @@ def init_distributed(backend: Optional[str] = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group, if one was joined."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def cleanup_distributed(after_error: bool = False) -> None:
+    """Leave the process group, if one was joined.
+
+    After a normal finish the ranks first meet at a barrier, so that none tears its
+    connections down while another still uses them; after an error they do not wait, as
+    the others may never arrive. Dead DDP wrappers are collected first: gloo work objects
+    that outlive the group can abort the process when the interpreter shuts down.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    if not after_error:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def select_device(preference: str = "auto") -> torch.device:
