@@ -1,6 +1,6 @@
 """Benchmark: top-1 accuracy of every pruning criterion at one MACs reduction, before and after fine-tuning.
 
-For each importance criterion of `studio.engine.criteria.CRITERIA` the model is pruned to the
+For each importance criterion of `studio.engine.pruning.CRITERIA` the model is pruned to the
 same MACs reduction (base MACs / pruned MACs = --target-macs-reduction, 2.0 by default, within
 3 %), evaluated, fine-tuned with the engine's `train` (SGD, per-step cosine schedule) and
 evaluated again. The global channel rate that reaches the target is found by bisection: with
@@ -49,17 +49,15 @@ from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from studio.engine.criteria import CRITERIA, get_criterion  # noqa: E402
 from studio.engine.data import DataBundle, check_compatible, load_data  # noqa: E402
 from studio.engine.errors import StudioError  # noqa: E402
 from studio.engine.events import EpochEnd, Log, run_to_end  # noqa: E402
 from studio.engine.files import write_text  # noqa: E402
 from studio.engine.jobs import calibration_batches  # noqa: E402
 from studio.engine.metrics import count_macs, count_params  # noqa: E402
-from studio.engine.model_loading import LoadedModel, load_model  # noqa: E402
-from studio.engine.pruning import PruneResult, PruningPlan, estimate, prune  # noqa: E402
-from studio.engine.training import (TrainConfig, evaluate, seed_everything,  # noqa: E402
-                                    select_device, train)
+from studio.engine.models import LoadedModel, load_model  # noqa: E402
+from studio.engine.pruning import CRITERIA, PruneResult, PruningPlan, estimate, get_criterion, prune  # noqa: E402  # noqa: E402
+from studio.engine.training import TrainConfig, evaluate, seed_everything, select_device, train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
@@ -272,7 +270,7 @@ class Bench:
         if self._loaded is None:
             say(f"loading model {self.args.model}")
             # An architecture without weights gets a random init: seeded, so that a resumed
-            # session prunes the same model the cached baseline was measured on.
+            # invocation prunes the same model the cached baseline was measured on.
             seed_everything(self.args.seed)
             self._loaded = load_model(self.args.model)
             if not self._loaded.trained:
@@ -553,7 +551,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
     pairs, total = planned_pairs(args.criteria, args.ranking, results)
     done = sum(result_path(results, c, r).exists() for c, r in pairs)
     say(f"finished: {done} of {total} planned runs done, {len(failed)} failed"
-        f"{' (' + ', '.join(failed) + ')' if failed else ''}; {time.perf_counter() - started:.0f} s this session")
+        f"{' (' + ', '.join(failed) + ')' if failed else ''}; {time.perf_counter() - started:.0f} s in this invocation")
     return 1 if failed else 0
 
 

@@ -26,10 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_model  # noqa: E402
-from studio.engine.data import load_data, make_loader  # noqa: E402
-from studio.engine.device_batches import DeviceBatches  # noqa: E402
+
+from studio.engine.data import (  # noqa: E402
+    DeviceBatches,  # noqa: E402
+    load_data,
+    make_loader,
+)
 from studio.engine.events import run_to_end  # noqa: E402
-from studio.engine.model_loading import load_model  # noqa: E402
+from studio.engine.models import load_model  # noqa: E402
 from studio.engine.training import TrainConfig, select_device, train  # noqa: E402
 
 

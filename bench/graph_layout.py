@@ -19,8 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from studio.engine.graph import build_graph  # noqa: E402
-from studio.engine.layout import layered_layout  # noqa: E402
+from studio.engine.graph import (
+    build_graph,  # noqa: E402
+    layered_layout,  # noqa: E402
+)
 
 GOAL_S = 1.0
 

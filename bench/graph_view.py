@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from machine import cpu_model  # noqa: E402
 from studio.app.graph_view import GraphView, layout_graph  # noqa: E402
 from studio.engine.graph import build_graph  # noqa: E402
 

@@ -30,16 +30,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import cpu_model  # noqa: E402
 from PySide6.QtCore import QEventLoop, QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from machine import cpu_model  # noqa: E402
 from studio.app import dialogs  # noqa: E402
 from studio.app.main_window import MainWindow  # noqa: E402
 from studio.app.stall_meter import StallMeter  # noqa: E402
 from studio.engine.events import EpochEnd, run_to_end  # noqa: E402
-from studio.engine.jobs import run_recipe  # noqa: E402
-from studio.engine.recipe import DataSource, MeasureOptions, ModelSource, Recipe  # noqa: E402
+from studio.engine.jobs import (  # noqa: E402
+    DataSource,
+    MeasureOptions,
+    ModelSource,
+    Recipe,
+    run_recipe,  # noqa: E402
+)
 from studio.engine.training import TrainConfig  # noqa: E402
 
 

@@ -44,6 +44,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from studio.engine.events import run_to_end  # noqa: E402
 from studio.engine.pruning import PruningPlan, prune  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 import traceback
+from pathlib import Path
 from typing import Optional, Sequence
 
 EXIT_USER_ERROR = 2
@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recipe_from_prune_args(args):
+    from studio.engine.jobs import DataSource, ModelSource, Recipe
     from studio.engine.pruning import PruningPlan
-    from studio.engine.recipe import DataSource, ModelSource, Recipe
     from studio.engine.training import TrainConfig
 
     plan = PruningPlan(criterion=args.criterion, rate=args.rate, layer_rates=dict(args.layer_rate),
@@ -171,7 +171,7 @@ def _run_job(recipe, out) -> int:
 def cmd_inspect(args) -> int:
     from studio.engine.graph import build_graph
     from studio.engine.metrics import count_macs, count_params
-    from studio.engine.model_loading import load_model
+    from studio.engine.models import load_model
 
     loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
                         input_size=args.input_size)
@@ -200,7 +200,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from studio.engine.recipe import save_recipe
+    from studio.engine.jobs import save_recipe
     recipe = _recipe_from_prune_args(args)
     if args.save_recipe:
         save_recipe(recipe, args.save_recipe)
@@ -209,7 +209,7 @@ def cmd_prune(args) -> int:
 
 def cmd_run(args) -> int:
     from studio.engine.errors import StudioError
-    from studio.engine.recipe import Recipe, TrainingRecipe, is_training_recipe, read_recipe_json
+    from studio.engine.jobs import Recipe, TrainingRecipe, is_training_recipe, read_recipe_json
     data = read_recipe_json(args.recipe)
     if is_training_recipe(data):
         return _run_training(TrainingRecipe.from_dict(data), args.out, args.resume)
@@ -222,7 +222,7 @@ def cmd_run(args) -> int:
 def _training_recipe_from_args(args):
     """The training job the flags (or --recipe, with an optional --device) describe."""
     from studio.engine.errors import StudioError
-    from studio.engine.recipe import TrainingRecipe, read_recipe_json
+    from studio.engine.jobs import TrainingRecipe, read_recipe_json
     from studio.engine.training import TrainConfig
     if args.recipe:
         clashing = [f"--{name.replace('_', '-')}" for name in (*TRAIN_FLAGS, "arch", "num_classes", "data")
@@ -274,7 +274,7 @@ def _run_training(recipe, out: str, resume: bool) -> int:
 
 
 def cmd_criteria(args) -> int:
-    from studio.engine.criteria import CRITERIA
+    from studio.engine.pruning import CRITERIA
     for c in CRITERIA.values():
         needs = [n for n, flag in (("data", c.needs_data), ("gradients", c.needs_gradients)) if flag]
         print(f"{c.name:10s} {c.description}  [{c.paper}]" + (f"  needs {', '.join(needs)}" if needs else ""))
@@ -295,8 +295,9 @@ def cmd_gui(args) -> int:
 def _run_demo_headless() -> int:
     """Prune the shipped demo model to half its channels, fine-tune briefly, and report."""
     import tempfile
-    from studio.engine.model_loading import demo_model_path
-    from studio.engine.recipe import DataSource, MeasureOptions, ModelSource, Recipe
+
+    from studio.engine.jobs import DataSource, MeasureOptions, ModelSource, Recipe
+    from studio.engine.models import demo_model_path
     from studio.engine.training import TrainConfig
     model = "demo" if demo_model_path().is_file() else "cifar:resnet20"
     out = Path(tempfile.mkdtemp(prefix="studio-demo-")) / "run"

@@ -114,9 +114,8 @@ def tiny_pruning_run(tmp_path_factory):
     change the folder must copy it first.
     """
     from studio.engine.events import run_to_end
-    from studio.engine.jobs import run_recipe
+    from studio.engine.jobs import DataSource, ModelSource, Recipe, run_recipe
     from studio.engine.pruning import PruningPlan
-    from studio.engine.recipe import DataSource, ModelSource, Recipe
     from studio.engine.training import TrainConfig
 
     recipe = Recipe(model=ModelSource(spec="cifar:resnet20"),

@@ -26,7 +26,7 @@ def datasets(device_batches: bool) -> tuple:
     if not device_batches:
         x = torch.randn(96, 3, 6, 6, generator=g)
         return TensorDataset(x[:56], y[:56]), TensorDataset(x[56:], y[56:])
-    import studio.engine.training as training
+    import studio.engine.training.loop as training
     from studio.engine.data import Augment, TensorImageDataset
     training.fits_on_device = lambda *a: True
     x = torch.randint(0, 256, (96, 3, 6, 6), generator=g, dtype=torch.uint8)

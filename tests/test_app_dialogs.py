@@ -10,12 +10,23 @@ from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QDialogButtonBox, QMessageBox  # noqa: E402
 
 from studio.app.dialogs import (  # noqa: E402
-    OpenDataDialog, OpenModelDialog, ask_rate, ask_trust, make_error_box, make_rate_dialog,
-    make_trust_box, model_needs_trust, parse_input_size, python_classes,
+    OpenDataDialog,
+    OpenModelDialog,
+    ask_rate,
+    ask_trust,
+    make_error_box,
+    make_rate_dialog,
+    make_trust_box,
+    model_needs_trust,
+    parse_input_size,
+    python_classes,
 )
-from studio.engine.cifar_models import CIFAR_MODELS  # noqa: E402
 from studio.engine.errors import StudioError  # noqa: E402
-from studio.engine.model_loading import load_model, torchvision_cache_path  # noqa: E402
+from studio.engine.models import (  # noqa: E402
+    CIFAR_MODELS,  # noqa: E402
+    load_model,
+    torchvision_cache_path,
+)
 
 
 def open_enabled(dialog) -> bool:

@@ -12,10 +12,18 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 
-from studio.app.graph_view import (CATEGORY_COLORS, PLAIN_HEIGHT, PRUNABLE_HEIGHT, EdgeItem,
-                                   GraphView, NodeItem, layout_graph, node_size)
+from studio.app.graph_view import (
+    CATEGORY_COLORS,
+    PLAIN_HEIGHT,
+    PRUNABLE_HEIGHT,
+    EdgeItem,
+    GraphView,
+    NodeItem,
+    layout_graph,
+    node_size,
+)
 from studio.engine.graph import CATEGORIES, build_graph
-from studio.engine.model_loading import load_model
+from studio.engine.models import load_model
 
 
 @pytest.fixture(scope="module")

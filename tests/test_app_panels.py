@@ -10,9 +10,9 @@ from PySide6.QtCore import QPoint, Qt
 from studio.app.inspector import InspectorPanel, cut_count, histogram_bins
 from studio.app.strategy import StrategyPanel, unavailable_devices
 from studio.engine.graph import build_graph
-from studio.engine.model_loading import load_model
-from studio.engine.recipe import Recipe
-from studio.engine.report import human_count
+from studio.engine.jobs import Recipe
+from studio.engine.jobs.report import human_count
+from studio.engine.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +199,7 @@ def test_histogram_bars_and_cut_line(inspector, resnet20):
 
 def test_histogram_of_real_scores(inspector, resnet20):
     import torch
+
     from studio.engine.pruning import channel_importance
 
     model, lg = resnet20

@@ -10,7 +10,7 @@ import pytest
 from studio.app import pdf_report
 from studio.app.pdf_report import build_document, read_metrics, svg_to_image, write_pdf_report
 from studio.engine.errors import StudioError
-from studio.engine.report import line_chart
+from studio.engine.jobs.report import line_chart
 
 # the widgets need no display: render offscreen unless the caller chose a platform (read when
 # pytest-qt creates the QApplication, after these imports)

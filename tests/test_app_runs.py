@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 
 pytest.importorskip("pyqtgraph")
 from studio.app.runs_panel import COLUMNS, DELTA_COLUMN, RunsPanel  # noqa: E402
-from studio.engine.runs import read_run  # noqa: E402
+from studio.engine.jobs import read_run  # noqa: E402
 
 # the widgets need no display: render offscreen unless the caller chose a platform (read when
 # pytest-qt creates the QApplication, after these imports)
@@ -23,9 +23,8 @@ BEFORE_TOP1 = 0.90
 def run_dirs(tmp_path_factory):
     """One real tiny pruning run, copied into four runs with edited accuracy/cost (one without accuracy)."""
     from studio.engine.events import run_to_end
-    from studio.engine.jobs import run_recipe
+    from studio.engine.jobs import DataSource, ModelSource, Recipe, run_recipe
     from studio.engine.pruning import PruningPlan
-    from studio.engine.recipe import DataSource, ModelSource, Recipe
     from studio.engine.training import TrainConfig
 
     root = tmp_path_factory.mktemp("runs")

@@ -14,7 +14,7 @@ from PySide6.QtGui import QImage
 
 from studio.app import dialogs
 from studio.app.main_window import MainWindow
-from studio.engine.model_loading import demo_model_path
+from studio.engine.models import demo_model_path
 
 PREDICTION_WAIT_MS = 400
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"

@@ -10,10 +10,16 @@ pytest.importorskip("PySide6")
 from PySide6.QtCore import QSettings  # noqa: E402
 
 from studio.app.session import (  # noqa: E402
-    Autosaver, RecentFiles, Session, autosave_path, load_session, pending_restore, save_session,
+    Autosaver,
+    RecentFiles,
+    Session,
+    autosave_path,
+    load_session,
+    pending_restore,
+    save_session,
 )
 from studio.engine.errors import StudioError  # noqa: E402
-from studio.engine.recipe import Recipe  # noqa: E402
+from studio.engine.jobs import Recipe  # noqa: E402
 
 
 def sample_session() -> Session:

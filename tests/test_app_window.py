@@ -13,7 +13,7 @@ from studio.app import dialogs
 from studio.app.main_window import MainWindow
 from studio.app.stall_meter import StallMeter
 from studio.engine.events import TrainStep
-from studio.engine.recipe import Recipe
+from studio.engine.jobs import Recipe
 
 SYNTHETIC = "synthetic:classes=10,size=3x32x32,train=128,val=64"
 
@@ -212,7 +212,7 @@ def test_session_round_trip(qtbot, window, tmp_path):
 
 
 def test_a_pickled_model_asks_for_trust(qtbot, window, tmp_path, monkeypatch, errors):
-    from studio.engine.cifar_models import CIFAR_MODELS
+    from studio.engine.models import CIFAR_MODELS
     path = tmp_path / "full.pt"
     torch.save(CIFAR_MODELS["resnet20"][0](10), path)
     asked = []

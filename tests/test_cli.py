@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TEN_CLASSES
+
 from studio.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_run_under_torchrun_with_two_gloo_processes(tmp_path, make_imagefolder):
 
 
 def test_train_writes_a_checkpoint_that_reopens(tmp_path, capsys):
-    from studio.engine.model_loading import load_model
+    from studio.engine.models import load_model
     out = tmp_path / "base"
     code = main(["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=64,val=32",
                  "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--out", str(out)])
@@ -110,9 +110,10 @@ def test_train_writes_a_checkpoint_that_reopens(tmp_path, capsys):
 def test_interrupted_training_resumes_from_its_saved_state(tmp_path, capsys, monkeypatch):
     """Stopped after epoch 2 of 3, `--resume` ends with the weights of an uninterrupted run."""
     import torch
+
     from studio.engine import training
     from studio.engine.jobs import train_state_path
-    from studio.engine.model_loading import load_model
+    from studio.engine.models import load_model
     args = ["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=48,val=16",
             "--epochs", "3", "--max-steps", "2", "--batch-size", "16", "--lr", "0.05"]
     assert main(args + ["--out", str(tmp_path / "straight")]) == 0
@@ -130,7 +131,7 @@ def test_interrupted_training_resumes_from_its_saved_state(tmp_path, capsys, mon
                 raise KeyboardInterrupt
         return real_train(*a, **{**kw, "save_state": save_then_stop})
 
-    monkeypatch.setattr("studio.engine.jobs.train", train_interrupted_after_epoch_2)
+    monkeypatch.setattr("studio.engine.jobs.pipeline.train", train_interrupted_after_epoch_2)
     assert main(args + ["--out", str(out)]) == 130
     assert "--resume" in capsys.readouterr().err
     assert not out.exists() and train_state_path(out).exists()
@@ -163,6 +164,7 @@ def test_resume_refuses_other_settings_and_damaged_states(tmp_path, capsys):
     assert "cannot be read" in capsys.readouterr().err
 
     import torch
+
     from studio.engine.training import TRAIN_STATE_FORMAT, TrainConfig
     job = {"model": "cifar:resnet20", "arch": None, "num_classes": None,
            "data": "synthetic:classes=10,size=3x32x32,train=32,val=16"}
@@ -176,7 +178,8 @@ def test_resume_refuses_other_settings_and_damaged_states(tmp_path, capsys):
 def test_a_training_runs_recipe_repeats_it(tmp_path, capsys):
     """training.json of a run is a recipe: `train --recipe` and `run` give the same weights."""
     import torch
-    from studio.engine.model_loading import load_model
+
+    from studio.engine.models import load_model
     first = tmp_path / "first"
     assert main(["train", "cifar:resnet20", "--data", "synthetic:classes=10,size=3x32x32,train=32,val=16",
                  "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--lr", "0.02",
@@ -196,8 +199,8 @@ def test_a_training_runs_recipe_repeats_it(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "y")]) == 2
     assert "needs a MODEL and --data" in capsys.readouterr().err
     # A training recipe is not a compression recipe, and the other way round.
-    from studio.engine.recipe import load_recipe
     from studio.engine.errors import StudioError
+    from studio.engine.jobs import load_recipe
     with pytest.raises(StudioError, match="training recipe"):
         load_recipe(first / "training.json")
     assert main(["run", str(first / "training.json"), "--out", str(tmp_path / "z"), "--resume"]) == 2
@@ -232,7 +235,7 @@ def test_resume_refuses_other_data(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real_train(*a, **{**kw, "save_state": save_then_stop})
 
-    monkeypatch.setattr("studio.engine.jobs.train", stop_after_epoch_1)
+    monkeypatch.setattr("studio.engine.jobs.pipeline.train", stop_after_epoch_1)
     assert main(args + ["--data", "synthetic:classes=10,size=3x32x32,train=32,val=16"]) == 130
     monkeypatch.undo()
     assert train_state_path(out).exists()

@@ -12,9 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from studio.engine import data
-from studio.engine.data import (NORMALIZATION, Augment, DataBundle, TensorImageDataset, check_compatible,
-                                download_dataset, load_data, make_loader)
+from studio.engine.data import (
+    NORMALIZATION,
+    Augment,
+    DataBundle,
+    TensorImageDataset,
+    check_compatible,
+    datasets,
+    download_dataset,
+    load_data,
+    make_loader,
+    sources,
+)
 from studio.engine.errors import StudioError
 
 
@@ -40,7 +49,7 @@ def write_cifar10(root: Path, n_train_per_batch=6, n_test=8, folder="cifar-10-ba
     test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
     labels = [i % 10 for i in range(n_test)]
     (out / "test_batch").write_bytes(pickle.dumps({b"data": test, b"labels": labels}, protocol=2))
-    names = [s.encode() for s in data.CIFAR10_CLASSES]
+    names = [s.encode() for s in sources.CIFAR10_CLASSES]
     (out / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_vis": 3072}, protocol=2))
     return out, test.reshape(-1, 3, 32, 32)
 
@@ -160,7 +169,7 @@ def test_imagefolder_mixed_sizes_are_resized(make_imagefolder):
 
 def test_imagefolder_uncached_uses_files(synthetic_imagefolder):
     bundle = load_data(str(synthetic_imagefolder), cache_in_memory=False)
-    assert not bundle.cached and isinstance(bundle.val, data.ImageFileDataset)
+    assert not bundle.cached and isinstance(bundle.val, datasets.ImageFileDataset)
     assert bundle.input_size == (3, 32, 32)   # no larger than the images themselves
     x, y = bundle.train[7]
     assert x.shape == (3, 32, 32) and y == 1
@@ -197,7 +206,7 @@ def test_crop_and_flip_is_a_shift_or_mirror_of_the_padded_image():
     torch.manual_seed(1)
     images = torch.randint(1, 256, (40, 2, 6, 6), dtype=torch.uint8)
     picked = np.arange(0, 40, 2)
-    out = torch.from_numpy(data._crop_and_flip(images.numpy(), picked, Augment(pad=2, flip=True)))
+    out = torch.from_numpy(datasets.crop_and_flip(images.numpy(), picked, Augment(pad=2, flip=True)))
     padded = torch.nn.functional.pad(images[picked], (2, 2, 2, 2))
     flipped_seen = shifted_seen = False
     for img, res in zip(padded, out):
@@ -230,7 +239,7 @@ def test_cifar10_python_format(tmp_path, point_at_batches_folder):
     folder, test_pixels = write_cifar10(tmp_path)
     bundle = load_data(str(folder if point_at_batches_folder else tmp_path), augment=False)
     assert bundle.kind == "cifar10" and bundle.name == "CIFAR-10"
-    assert bundle.class_names == data.CIFAR10_CLASSES
+    assert bundle.class_names == sources.CIFAR10_CLASSES
     assert len(bundle.train) == 30 and len(bundle.val) == 8 and bundle.input_size == (3, 32, 32)
     assert (bundle.mean, bundle.std) == NORMALIZATION["cifar10"]
     x, y = bundle.val[3]
@@ -389,21 +398,21 @@ def test_npz_errors(tmp_path):
 
 
 def test_demo_missing_says_how_to_rebuild(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "demo_path", lambda: tmp_path / "nope" / "cifar10_subset.npz")
+    monkeypatch.setattr(sources, "demo_path", lambda: tmp_path / "nope" / "cifar10_subset.npz")
     with pytest.raises(StudioError, match="make demo"):
         load_data("demo")
 
 
 def test_demo_loads_from_its_path(tmp_path, monkeypatch):
     path = write_npz(tmp_path / "cifar10_subset.npz")
-    monkeypatch.setattr(data, "demo_path", lambda: path)
+    monkeypatch.setattr(sources, "demo_path", lambda: path)
     bundle = load_data("demo")
     assert bundle.kind == "demo" and bundle.num_classes == 3
 
 
 def test_demo_path_is_under_resources():
-    assert data.demo_path().parts[-3:] == ("resources", "demo", "cifar10_subset.npz")
-    assert (data.demo_path().parents[2] / "studio" / "__init__.py").is_file()
+    assert sources.demo_path().parts[-3:] == ("resources", "demo", "cifar10_subset.npz")
+    assert (sources.demo_path().parents[2] / "studio" / "__init__.py").is_file()
 
 
 # ---------------------------------------------------------------------------- errors
@@ -582,7 +591,7 @@ def test_shared_cifar10_test_split(shared_cifar_test_dir):
     bundle = load_data(str(shared_cifar_test_dir))
     seconds = time.perf_counter() - start
     print(f"decoded the CIFAR-10 test split in {seconds:.2f} s")
-    assert bundle.num_classes == 10 and bundle.class_names == data.CIFAR10_CLASSES
+    assert bundle.num_classes == 10 and bundle.class_names == sources.CIFAR10_CLASSES
     assert len(bundle.val) == 10_000 and bundle.input_size == (3, 32, 32)
     assert bundle.name == "CIFAR-10" and bundle.val.targets.count(3) == 1000
     assert (bundle.mean, bundle.std) == NORMALIZATION["cifar10"]

@@ -6,7 +6,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from studio.engine.data import load_data
@@ -65,7 +64,7 @@ def test_shipped_subset_is_small_and_complete():
 def test_demo_model_scores_what_its_card_records():
     """The shipped weights still give the subset accuracy written when they were installed."""
     from studio.engine.events import run_to_end
-    from studio.engine.model_loading import load_model
+    from studio.engine.models import load_model
     from studio.engine.training import evaluate
 
     card = json.loads((DEMO / "model_card.json").read_text())

@@ -5,13 +5,12 @@ The batches are device-agnostic, so their logic is checked on the CPU here; the 
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from studio.engine.data import Augment, TensorImageDataset
-from studio.engine.device_batches import DeviceBatches, crop_and_flip_gather, fits_on_device
+from studio.engine.data import Augment, DeviceBatches, TensorImageDataset, fits_on_device
+from studio.engine.data.device_batches import crop_and_flip_gather
 from studio.engine.events import Log, run_to_end
 from studio.engine.training import TrainConfig, train
 
@@ -123,7 +122,7 @@ def test_fits_on_device_is_false_off_cuda():
 def test_training_uses_device_batches_and_learns(device, monkeypatch):
     """On CUDA `train` picks DeviceBatches by itself; on the CPU it is made to, to test the wiring."""
     if device == "cpu":
-        monkeypatch.setattr("studio.engine.training.fits_on_device", lambda *a: True)
+        monkeypatch.setattr("studio.engine.training.loop.fits_on_device", lambda *a: True)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(512) % 4
     # Each class has its own bright quadrant: learnable after crops and flips.

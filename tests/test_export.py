@@ -10,11 +10,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from studio.engine import export as export_mod
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, Log, Phase, Progress, run_to_end
-from studio.engine.export import (FORMATS, ExportRecord, export_model, rebuild_from_checkpoint,
-                                  save_checkpoint)
+from studio.engine.export import FORMATS, ExportRecord, export_model
+from studio.engine.models import checkpoint as checkpoint_mod
+from studio.engine.models import rebuild_from_checkpoint, save_checkpoint
 
 ARCH = "test:tiny"
 INPUT = (3, 8, 8)
@@ -258,7 +258,7 @@ def test_history_is_made_plain(tiny):
     class Wrapped:
         def __init__(self, i):
             self.idx = i
-    plain = export_mod._plain_history([("a.b", 1, [torch.tensor(3), Wrapped(4)]), ["c", False, (5,)]])
+    plain = checkpoint_mod._plain_history([("a.b", 1, [torch.tensor(3), Wrapped(4)]), ["c", False, (5,)]])
     assert plain == [["a.b", True, [3, 4]], ["c", False, [5]]]
     with pytest.raises(StudioError, match="pruning history"):
-        export_mod._plain_history([("only-a-name",)])
+        checkpoint_mod._plain_history([("only-a-name",)])

@@ -8,9 +8,7 @@ import torch.nn as nn
 import torchvision
 
 from studio.engine.errors import StudioError
-from studio.engine.graph import CATEGORIES, build_graph, find_tracing_hazards
-from studio.engine.layout import layered_layout
-
+from studio.engine.graph import CATEGORIES, build_graph, find_tracing_hazards, layered_layout
 
 # ---------------------------------------------------------------------- tiny nets
 

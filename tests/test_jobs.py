@@ -6,10 +6,9 @@ import torch
 
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, EpochEnd, Phase, TrainStep, run_to_end
-from studio.engine.jobs import run_recipe
-from studio.engine.model_loading import load_model
+from studio.engine.jobs import DataSource, ModelSource, Recipe, run_recipe
+from studio.engine.models import load_model
 from studio.engine.pruning import PruningPlan
-from studio.engine.recipe import DataSource, ModelSource, Recipe
 from studio.engine.training import TrainConfig
 
 SYNTHETIC = "synthetic:classes=10,size=3x32x32,train=96,val=48"
@@ -121,7 +120,7 @@ def test_retrain_without_epochs_is_refused():
 
 
 def test_reset_weights_changes_every_weighted_layer():
-    from studio.engine.jobs import reset_weights
+    from studio.engine.jobs.pipeline import reset_weights
     model = load_model("cifar:resnet20").module
     before = state(model)
     torch.manual_seed(123)

@@ -11,9 +11,19 @@ from torch.utils.data import TensorDataset
 
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, Phase, Progress, run_to_end
-from studio.engine.metrics import (LatencyResult, ModelMetrics, compressed_size_bytes, count_macs,
-                                   count_params, decode_compressed, dense_size_bytes,
-                                   encode_compressed, measure, measure_latency, sparsity)
+from studio.engine.metrics import (
+    LatencyResult,
+    ModelMetrics,
+    compressed_size_bytes,
+    count_macs,
+    count_params,
+    decode_compressed,
+    dense_size_bytes,
+    encode_compressed,
+    measure,
+    measure_latency,
+    sparsity,
+)
 
 
 def small_cnn(seed: int = 0) -> nn.Module:

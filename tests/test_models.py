@@ -10,11 +10,17 @@ import torch.fx
 import torch.nn as nn
 import torch_pruning as tp
 
-from studio.engine import model_loading
-from studio.engine.cifar_models import CIFAR_MODELS
 from studio.engine.errors import StudioError
-from studio.engine.model_loading import (CHECKPOINT_FORMAT, build_architecture, infer_num_classes,
-                                         list_cifar_models, list_torchvision_models, load_model)
+from studio.engine.models import (
+    CHECKPOINT_FORMAT,
+    CIFAR_MODELS,
+    build_architecture,
+    infer_num_classes,
+    list_cifar_models,
+    list_torchvision_models,
+    load_model,
+)
+from studio.engine.models import loading as model_loading
 
 
 class PickledNet(nn.Module):

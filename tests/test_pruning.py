@@ -12,11 +12,20 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from studio.engine.criteria import CRITERIA, HRankImportance, SlGammaImportance, get_criterion
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, Log, Phase, Progress, run_to_end
-from studio.engine.pruning import (PruningPlan, _build_pruner, _MacCounter, channel_importance, estimate,
-                                   find_classifier, prune)
+from studio.engine.pruning import (
+    CRITERIA,
+    PruningPlan,
+    channel_importance,
+    estimate,
+    find_classifier,
+    get_criterion,
+    prune,
+)
+from studio.engine.pruning.criteria import HRankImportance, SlGammaImportance
+from studio.engine.pruning.macs import MacCounter as _MacCounter
+from studio.engine.pruning.surgery import _build_pruner
 
 
 # ----------------------------------------------------------------------------- tiny nets

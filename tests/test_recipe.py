@@ -4,8 +4,8 @@ import json
 import pytest
 
 from studio.engine.errors import StudioError
+from studio.engine.jobs import DataSource, ModelSource, Recipe, load_recipe, save_recipe
 from studio.engine.pruning import PruningPlan
-from studio.engine.recipe import DataSource, ModelSource, Recipe, load_recipe, save_recipe
 from studio.engine.training import TrainConfig
 
 

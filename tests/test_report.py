@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from studio.engine.errors import StudioError
-from studio.engine.report import (delta_pt, human_bytes, human_count, human_ms, nice_ticks, ratio_text,
-                                  render_report, write_report)
+from studio.engine.jobs import write_report
+from studio.engine.jobs.report import (
+    delta_pt,
+    human_bytes,
+    human_count,
+    human_ms,
+    nice_ticks,
+    ratio_text,
+    render_report,
+)
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 # SVG children written self-closing (<line/>) are reported by html.parser as start+end, so are fine.

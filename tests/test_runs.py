@@ -4,7 +4,7 @@ import json
 import pytest
 
 from studio.engine.errors import StudioError
-from studio.engine.runs import pareto_front, read_run
+from studio.engine.jobs import pareto_front, read_run
 
 
 def write_run(folder, *, macs_after=500, top1_after=0.8, plan=None):

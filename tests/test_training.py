@@ -18,8 +18,17 @@ from torch.utils.data import TensorDataset
 
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import CancelToken, EpochEnd, Log, Phase, Progress, TrainStep, run_to_end
-from studio.engine.training import (EvalResult, TrainConfig, TrainResult, _lr_factor, evaluate,
-                                    is_main_process, select_device, seed_everything, train)
+from studio.engine.training import (
+    EvalResult,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    is_main_process,
+    seed_everything,
+    select_device,
+    train,
+)
+from studio.engine.training.loop import _lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -388,7 +397,7 @@ def test_cuda_amp_channels_last_training():
 
 def test_limited_evaluation_samples_every_class_of_a_sorted_set():
     """A class-sorted validation set evaluated on 2 batches must not see only the first class."""
-    from studio.engine.training import _eval_source
+    from studio.engine.training.evaluate import eval_source as _eval_source
     labels = torch.arange(10).repeat_interleave(50)            # sorted by class, like ImageFolder
     data = torch.utils.data.TensorDataset(torch.zeros(500, 1), labels)
     loader = _eval_source(data, 16, torch.device("cpu"), max_batches=2)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from studio.engine.data import load_data
 from studio.engine.events import run_to_end
-from studio.engine.model_loading import load_model
+from studio.engine.models import load_model
 from studio.engine.training import evaluate
 
 DEMO = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Dialogs of the studio: open a model or data, confirm a full pickle, show errors, ask a rate.
 
 Each dialog only collects what the user chose and returns the spec strings that
-`studio.engine.model_loading.load_model` and `studio.engine.data.load_data` accept; loading
+`studio.engine.models.load_model` and `studio.engine.data.load_data` accept; loading
 is the main window's job. The message boxes are built by ``make_*`` functions and shown by
 thin ``ask_*``/``show_*`` wrappers so tests can inspect them without a modal event loop.
 """
@@ -17,22 +17,47 @@ from typing import Optional
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
-    QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-    QGridLayout, QGroupBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-    QMessageBox, QPushButton, QRadioButton, QSizePolicy, QSpacerItem, QSpinBox, QTabWidget, QVBoxLayout,
-    QApplication, QWidget,
+    QApplication,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QRadioButton,
+    QSizePolicy,
+    QSpacerItem,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
 from studio.engine.errors import StudioError
-from studio.engine.model_loading import (
-    CIFAR_MODELS, demo_model_path, list_cifar_models, list_torchvision_models, torchvision_cache_path,
+from studio.engine.models import (
+    CIFAR_MODELS,
+    demo_model_path,
+    list_cifar_models,
+    list_torchvision_models,
+    torchvision_cache_path,
 )
 
 APP_TITLE = "Compression Studio"
 MODEL_FILE_FILTER = "PyTorch models (*.pt *.pth *.ckpt *.torchscript);;All files (*)"
 WEIGHTS_FILE_FILTER = "PyTorch weights (*.pt *.pth *.ckpt);;All files (*)"
 PY_SPEC = re.compile(r"^(?P<file>.+?\.py):(?P<cls>[A-Za-z_]\w*)(?::(?P<weights>.+))?$")
-# The engine's refusal of a full pickle (studio.engine.model_loading._torch_load) says this:
+# The engine's refusal of a full pickle (studio.engine.models.loading._torch_load) says this:
 _PICKLE_REFUSAL = "unpickling it can run arbitrary code"
 
 

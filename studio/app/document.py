@@ -14,11 +14,9 @@ from typing import Optional
 from PySide6.QtCore import QObject, Signal
 
 from studio.engine.data import DataBundle
-from studio.engine.graph import LayerGraph
-from studio.engine.layout import Layout
-from studio.engine.model_loading import LoadedModel
-from studio.engine.recipe import Recipe
-from studio.engine.runs import RunSummary
+from studio.engine.graph import LayerGraph, Layout
+from studio.engine.jobs import Recipe, RunSummary
+from studio.engine.models import LoadedModel
 
 
 @dataclass

@@ -17,14 +17,25 @@ import threading
 from typing import Hashable, Optional
 
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import (QAction, QBrush, QColor, QFont, QFontMetricsF, QGuiApplication,
-                           QKeyEvent, QPainter, QPainterPath, QPainterPathStroker, QPen,
-                           QPolygonF, QWheelEvent)
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsScene, QGraphicsView,
-                               QMenu, QStyleOptionGraphicsItem)
+from PySide6.QtGui import (
+    QAction,
+    QBrush,
+    QColor,
+    QFont,
+    QFontMetricsF,
+    QGuiApplication,
+    QKeyEvent,
+    QPainter,
+    QPainterPath,
+    QPainterPathStroker,
+    QPen,
+    QPolygonF,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem
 
-from studio.engine.layout import Layout, layered_layout
-from studio.engine.report import human_count
+from studio.engine.graph import Layout, layered_layout
+from studio.engine.jobs.report import human_count
 
 # Netron-like fills: dark, muted colours that carry white text.
 CATEGORY_COLORS: dict[str, str] = {

@@ -17,8 +17,20 @@ from typing import Callable, Optional
 import torch
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QMainWindow,
-                               QMessageBox, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from studio.app import dialogs
 from studio.app.document import Document, OpenedModel
@@ -31,19 +43,15 @@ from studio.app.runs_panel import RunsPanel
 from studio.app.session import Autosaver, RecentFiles, Session, autosave_path, load_session, save_session
 from studio.app.strategy import StrategyPanel
 from studio.app.tasks import TaskRunner
-from studio.engine.criteria import get_criterion
 from studio.engine.data import check_compatible, load_data
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase
-from studio.engine.graph import LayerGraph, build_graph
-from studio.engine.jobs import calibration_batches, run_recipe
-from studio.engine.layout import layered_layout
+from studio.engine.graph import LayerGraph, build_graph, layered_layout
+from studio.engine.jobs import Recipe, calibration_batches, read_run, run_recipe
+from studio.engine.jobs.report import human_bytes, human_count
 from studio.engine.metrics import count_macs, dense_size_bytes
-from studio.engine.model_loading import load_model
-from studio.engine.pruning import channel_importance, estimate
-from studio.engine.recipe import Recipe
-from studio.engine.report import human_bytes, human_count
-from studio.engine.runs import read_run
+from studio.engine.models import load_model
+from studio.engine.pruning import channel_importance, estimate, get_criterion
 from studio.engine.training import evaluate
 
 APP_NAME = "Compression Studio"

@@ -1,6 +1,6 @@
 """A run's comparison report as a PDF (report.pdf in the run folder), drawn by Qt alone.
 
-The content mirrors the HTML report of `studio.engine.report`: header, before / pruned /
+The content mirrors the HTML report of `studio.engine.jobs.report`: header, before / pruned /
 fine-tuned numbers, training charts, per-layer channels, exports, the plan and warnings, plus
 a short summary of the recipe. The page is a `QTextDocument` (Qt's HTML subset) printed with
 `QPdfWriter`; the charts are the engine's own SVG charts rasterised with `QSvgRenderer` and
@@ -15,17 +15,44 @@ from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QByteArray, QMarginsF, QPointF, QRectF, QSizeF, Qt, QUrl
-from PySide6.QtGui import (QAbstractTextDocumentLayout, QColor, QFont, QGuiApplication, QImage, QPageLayout,
-                           QPageSize, QPainter, QPdfWriter, QPen, QTextBlockFormat, QTextCursor, QTextDocument,
-                           QTextFormat)
+from PySide6.QtGui import (
+    QAbstractTextDocumentLayout,
+    QColor,
+    QFont,
+    QGuiApplication,
+    QImage,
+    QPageLayout,
+    QPageSize,
+    QPainter,
+    QPdfWriter,
+    QPen,
+    QTextBlockFormat,
+    QTextCursor,
+    QTextDocument,
+    QTextFormat,
+)
 from PySide6.QtSvg import QSvgRenderer
 
 from studio.engine.errors import StudioError
 from studio.engine.files import atomic_write
-from studio.engine.report import EXPORT_COLUMNS, EXPORTS_NOTE, LAYER_COLUMNS
-from studio.engine.report import escape as _e
-from studio.engine.report import (export_rows, header_rows, headlines, history_charts, layer_chart, layer_rows,
-                                  model_name, plan_rows, read_recipe, report_title, stage_rows, warning_lines)
+from studio.engine.jobs.report import (
+    EXPORT_COLUMNS,
+    EXPORTS_NOTE,
+    LAYER_COLUMNS,
+    export_rows,
+    header_rows,
+    headlines,
+    history_charts,
+    layer_chart,
+    layer_rows,
+    model_name,
+    plan_rows,
+    read_recipe,
+    report_title,
+    stage_rows,
+    warning_lines,
+)
+from studio.engine.jobs.report import escape as _e
 
 PDF_NAME = "report.pdf"
 RESOLUTION = 300                 # dpi of the PDF's device: crisp chart images, exact text
@@ -70,7 +97,7 @@ def _read_json(path: Path, what: str):
 
 
 def read_metrics(run_dir: Path) -> tuple[dict, Optional[dict]]:
-    """metrics.json (required, as in `studio.engine.runs.read_run`) and recipe.json (optional) of a run folder."""
+    """metrics.json (required, as in `studio.engine.jobs.runs.read_run`) and recipe.json (optional) of a run folder."""
     if not run_dir.is_dir():
         raise StudioError(f"Run folder not found: {run_dir}.", "Pick a folder written by a studio run.")
     metrics_file = run_dir / "metrics.json"

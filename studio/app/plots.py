@@ -24,7 +24,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from studio.engine.events import EpochEnd, MetricsSnapshot, TrainStep
-from studio.engine.report import finite, human_bytes, human_count
+from studio.engine.jobs.report import finite, human_bytes, human_count
 
 PHASE_COLORS = {"sparse-train": "#9333ea", "fine-tune": "#2563eb", "retrain": "#ea580c", "train": "#16a34a"}
 PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning", "retrain": "Retraining",

@@ -1,6 +1,6 @@
 """The runs table and the compare (Pareto) view of finished run folders.
 
-`RunsPanel` lists `studio.engine.runs.RunSummary` rows in a sortable table; "Compare" opens a
+`RunsPanel` lists `studio.engine.jobs.RunSummary` rows in a sortable table; "Compare" opens a
 scatter of accuracy against cost (MACs or dense size) below it, with the Pareto front of the
 runs and the unpruned base models as hollow markers. The panel only shows summaries the owner
 hands it (`add_run`); reading folders and opening them is the owner's job, asked for through
@@ -14,11 +14,21 @@ from typing import Optional
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QUrl, Signal
 from PySide6.QtGui import QBrush, QColor, QDesktopServices
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-                               QSplitter, QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
-from studio.engine.report import delta_pt, finite, human_bytes, human_count
-from studio.engine.runs import RunSummary, pareto_front
+from studio.engine.jobs import RunSummary, pareto_front
+from studio.engine.jobs.report import delta_pt, finite, human_bytes, human_count
 
 GOOD, BAD, MUTED = "#15803d", "#b91c1c", "#6b7280"
 POINT, SELECTED, FRONT, BASE = "#2563eb", "#ea580c", "#16a34a", "#6b7280"

@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QSettings, QStandardPaths, QTimer, Signal
 
 from studio.engine.errors import StudioError
 from studio.engine.files import write_text
-from studio.engine.recipe import Recipe
+from studio.engine.jobs import Recipe
 
 SESSION_FORMAT = "compression-studio/session"
 SESSION_VERSION = 1

@@ -13,13 +13,22 @@ from typing import Optional
 
 from PySide6.QtCore import QLocale, QSignalBlocker, QSize, Qt, Signal
 from PySide6.QtGui import QDoubleValidator, QPalette, QValidator
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from studio.app.inspector import dim_color, scrolling_body, section_label
-from studio.engine.criteria import CRITERIA
-from studio.engine.recipe import Recipe
-from studio.engine.report import human_count
+from studio.engine.jobs import Recipe
+from studio.engine.jobs.report import human_count
+from studio.engine.pruning import CRITERIA
 
 PANEL_WIDTH = 340           # preferred dock width
 MAX_RATE_PCT = 95

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from studio.engine.data import TensorImageDataset, epoch_seed
+from studio.engine.data.datasets import TensorImageDataset, epoch_seed
 
 # Use at most this share of the free GPU memory for the resident copy of the data.
 MEMORY_SHARE = 0.25

@@ -13,7 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Optional, Sequence
+from typing import Generator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,11 +21,10 @@ from torch import nn
 from studio.engine.errors import StudioError
 from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progress
 from studio.engine.files import atomic_write, ensure_free_space
+from studio.engine.models.checkpoint import Builder, checkpoint_dict, rebuild_from_checkpoint
 
 FORMATS = ("pt", "checkpoint", "torchscript", "onnx")
 
-CHECKPOINT_FORMAT = "compression-studio/checkpoint"
-CHECKPOINT_VERSION = 1
 
 # A reloaded model may differ from the original by float rounding only; the bound scales
 # with the size of the outputs so large logits are not held to an absolute 1e-3.
@@ -33,7 +32,6 @@ TOLERANCE = 1e-3
 
 _SUFFIX = {"pt": ".pt", "checkpoint": ".ckpt.pt", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 
-Builder = Callable[[str, int], nn.Module]
 
 
 @dataclass
@@ -45,96 +43,6 @@ class ExportRecord:
     bytes: int
     max_abs_diff: float
     note: str = ""
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoint: state_dict + pruning history
-
-def _plain_history(history: Sequence) -> list:
-    """The pruning history as lists of str/bool/int only, so ``torch.load(weights_only=True)`` accepts it."""
-    plain = []
-    for step in history or []:
-        try:
-            name, is_out, idxs = step
-            # torch-pruning may hand back index wrappers (.idx) or tensors; keep the plain int.
-            plain.append([str(name), bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]])
-        except (TypeError, ValueError) as exc:
-            raise StudioError(f"The pruning history has an entry that is not (layer, bool, indices): {step!r}.",
-                              "Pass the history from torch-pruning's pruner.pruning_history().") from exc
-    return plain
-
-
-def _checkpoint_dict(model: nn.Module, *, arch: str, num_classes: int, input_size, pruning_history,
-                     trained: bool, note: str) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "arch": str(arch),
-        "num_classes": int(num_classes),
-        "input_size": [int(s) for s in input_size],
-        "trained": bool(trained),
-        "note": str(note),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "pruning_history": _plain_history(pruning_history),
-    }
-
-
-def save_checkpoint(path, model: nn.Module, *, arch: str, num_classes: int, input_size, pruning_history,
-                    trained: bool = True, note: str = "") -> None:
-    """Atomically write a weights-only checkpoint that `rebuild_from_checkpoint` turns back into the model."""
-    if not arch:
-        raise StudioError("A checkpoint needs the model's architecture name to be rebuilt, and this model has none.",
-                          "Save the full model ('pt' format) instead.")
-    ckpt = _checkpoint_dict(model, arch=arch, num_classes=num_classes, input_size=input_size,
-                            pruning_history=pruning_history, trained=trained, note=note)
-    with atomic_write(path) as tmp:
-        torch.save(ckpt, tmp)
-
-
-def _build(arch: str, num_classes: int, builder: Optional[Builder] = None) -> nn.Module:
-    """The unpruned architecture; imported lazily so export does not pull in every model zoo."""
-    if builder is None:
-        from studio.engine.model_loading import build_architecture
-        builder = build_architecture
-    return builder(arch, num_classes)
-
-
-def rebuild_from_checkpoint(ckpt: dict, builder: Optional[Builder] = None) -> nn.Module:
-    """Build the checkpoint's architecture, replay its pruning history, load its weights; eval mode.
-
-    ``builder(arch, num_classes)`` defaults to `studio.engine.model_loading.build_architecture`.
-    """
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise StudioError("This file is not a Compression Studio checkpoint.",
-                          "Load it as a plain model or state_dict file instead.")
-    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
-        raise StudioError(f"This checkpoint was written by a newer Compression Studio (version {ckpt['version']}).",
-                          "Update Compression Studio to load it.")
-    import torch_pruning as tp
-
-    model = _build(ckpt["arch"], int(ckpt["num_classes"]), builder)
-    # eval: tracing a batch of one through BatchNorm in training mode fails on 1x1 feature maps.
-    model.eval()
-    history = ckpt.get("pruning_history") or []
-    if history:
-        example = torch.randn(1, *ckpt["input_size"])
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-        try:
-            dg.load_pruning_history(history)
-        except (AttributeError, IndexError, KeyError) as exc:
-            raise StudioError(f"The checkpoint's pruning history does not fit architecture {ckpt['arch']!r} ({exc}).",
-                              "It was probably made with a different version of that architecture; "
-                              "export the model again from the original run.") from exc
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
-        # torch's message starts with a generic header line; the first mismatch says what is wrong
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise StudioError(f"The checkpoint's weights do not fit the rebuilt {ckpt['arch']!r}: "
-                          f"{lines[1] if len(lines) > 1 else lines[0] if lines else exc}",
-                          "It was probably made with a different version of that architecture; "
-                          "export the model again from the original run.") from exc
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +96,7 @@ def _write_pt(model, tmp: Path, check: torch.Tensor, reference: list, **_):
 
 def _write_checkpoint(model, tmp: Path, check: torch.Tensor, reference: list, *, arch, num_classes, input_size,
                       pruning_history, trained, builder, **_):
-    torch.save(_checkpoint_dict(model, arch=arch, num_classes=num_classes, input_size=input_size,
+    torch.save(checkpoint_dict(model, arch=arch, num_classes=num_classes, input_size=input_size,
                                 pruning_history=pruning_history, trained=trained, note=""), tmp)
     # Check the file the way a user will load it: weights only, rebuilt from the history.
     rebuilt = rebuild_from_checkpoint(torch.load(tmp, map_location="cpu", weights_only=True), builder)
@@ -271,7 +179,7 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     Yields Phase/Progress/Log events and returns a list of `ExportRecord` (one per format; a
     checkpoint that cannot be rebuilt because ``arch`` is None is skipped with a note).
     ``builder(arch, num_classes)`` rebuilds a checkpoint's architecture for the check
-    (default: `studio.engine.model_loading.build_architecture`). ``model`` is not changed.
+    (default: `studio.engine.models.architectures.build_architecture`). ``model`` is not changed.
     """
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
@@ -330,4 +238,4 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     return records
 
 
-__all__ = ["FORMATS", "ExportRecord", "export_model", "save_checkpoint", "rebuild_from_checkpoint"]
+__all__ = ["FORMATS", "ExportRecord", "export_model"]

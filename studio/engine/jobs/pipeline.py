@@ -24,18 +24,17 @@ import torch
 from torch import nn
 
 import studio
-from studio.engine.criteria import get_criterion
 from studio.engine.data import DataBundle, check_compatible, load_data, make_loader
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, MetricsSnapshot, Phase
 from studio.engine.export import export_model
 from studio.engine.files import atomic_write, write_text
 from studio.engine.graph import find_tracing_hazards
+from studio.engine.jobs.recipe import Recipe, TrainingRecipe
+from studio.engine.jobs.report import write_report
 from studio.engine.metrics import measure
-from studio.engine.model_loading import LoadedModel, load_model
-from studio.engine.pruning import PruneResult, prune
-from studio.engine.recipe import Recipe, TrainingRecipe
-from studio.engine.report import write_report
+from studio.engine.models import LoadedModel, load_model, save_checkpoint
+from studio.engine.pruning import PruneResult, get_criterion, prune
 from studio.engine.training import is_main_process, seed_everything, train
 
 
@@ -208,7 +207,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
     if recipe.finetune.epochs > 0:
         phase = "fine-tune"
         if recipe.retrain:
-            # Keep the pruned architecture, drop what the weights learnt (UCP, seed 001).
+            # Keep the pruned architecture, drop what the weights learnt (UCP, Chang et al. 2020).
             phase = "retrain"
             torch.manual_seed(recipe.seed)
             reset_weights(model)
@@ -293,7 +292,6 @@ def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken
     After every epoch the state (weights, optimizer, history) is saved to
     `train_state_path(out_dir)`; if the run stops, ``resume=True`` continues from there.
     """
-    from studio.engine.export import save_checkpoint
 
     token = token or CancelToken()
     started = time.perf_counter()

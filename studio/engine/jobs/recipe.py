@@ -31,7 +31,7 @@ def _check_keys(section: str, given: dict, cls) -> None:
 
 @dataclass
 class ModelSource:
-    """Which model to load (see `studio.engine.model_loading.load_model`)."""
+    """Which model to load (see `studio.engine.models.load_model`)."""
     spec: str = "demo"
     arch: Optional[str] = None
     num_classes: Optional[int] = None
@@ -68,7 +68,7 @@ class Recipe:
     measure: MeasureOptions = field(default_factory=MeasureOptions)
     exports: list = field(default_factory=lambda: list(EXPORT_FORMATS))
     seed: int = 0
-    retrain: bool = False     # after pruning, re-initialise and train from scratch (UCP, seed 001)
+    retrain: bool = False     # after pruning, re-initialise and train from scratch (UCP, Chang et al. 2020)
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict:

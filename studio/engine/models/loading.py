@@ -8,7 +8,6 @@ fix becomes a `StudioError` saying what is wrong and what to do.
 """
 from __future__ import annotations
 
-import difflib
 import http.client
 import importlib.util
 import inspect
@@ -26,11 +25,18 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
-from studio.engine.cifar_models import CIFAR_MODELS
 from studio.engine.errors import StudioError
+from studio.engine.models.architectures import (
+    CIFAR_INPUT,
+    build_architecture,
+    default_input,
+    list_torchvision_models,
+    split_arch,
+    unknown_name,
+)
+from studio.engine.models.checkpoint import CHECKPOINT_FORMAT, rebuild_from_checkpoint
+from studio.engine.models.cifar import CIFAR_MODELS
 
-CHECKPOINT_FORMAT = "compression-studio/checkpoint"
-CIFAR_INPUT = (3, 32, 32)
 _PY_SPEC = re.compile(r"^(?P<file>.+?\.py):(?P<cls>[A-Za-z_]\w*)(?::(?P<weights>.+))?$")
 _user_module_ids = itertools.count()
 
@@ -66,69 +72,6 @@ class LoadedModel:
 
 
 # ---------------------------------------------------------------- names and architectures
-
-def list_cifar_models() -> list[str]:
-    """Names accepted after ``cifar:``."""
-    return list(CIFAR_MODELS)
-
-
-def list_torchvision_models() -> list[str]:
-    """Names accepted after ``torchvision:`` (classification models only)."""
-    import torchvision
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _unknown_name(kind: str, name: str, valid: list[str], show_all: bool) -> StudioError:
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f"Did you mean {kind}:{close[0]}? " if close else ""
-    if show_all:
-        listing = "Valid names: " + ", ".join(valid) + "."
-    else:
-        listing = (f"Valid names are torchvision classification models ({len(valid)} in all), "
-                   f"e.g. {', '.join(close or ['resnet18', 'resnet50', 'mobilenet_v3_large', 'efficientnet_b0'])}.")
-    return StudioError(f"Unknown {kind} model '{name}'.", hint + listing)
-
-
-def _split_arch(arch: str) -> tuple[str, str]:
-    """'cifar:resnet20' → ('cifar', 'resnet20'); anything else is an error with a suggestion."""
-    prefix, sep, name = arch.strip().partition(":")
-    if sep and prefix in ("cifar", "torchvision") and name:
-        return prefix, name
-    bare = arch.strip()
-    guess = ""
-    if bare in CIFAR_MODELS:
-        guess = f"Did you mean cifar:{bare}? "
-    elif bare in list_torchvision_models():
-        guess = f"Did you mean torchvision:{bare}? "
-    raise StudioError(f"'{arch}' is not an architecture spec.",
-                      guess + "Write cifar:NAME or torchvision:NAME, e.g. cifar:resnet20.")
-
-
-def _default_input(arch: str) -> tuple[int, int, int]:
-    """The input an architecture was designed for: 3x32x32 for CIFAR, the weights' crop for torchvision."""
-    prefix, name = _split_arch(arch)
-    if prefix == "cifar":
-        return CIFAR_INPUT
-    import torchvision
-    try:
-        crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size
-    except (ValueError, KeyError, AttributeError):  # a model without published weights
-        crop = [224]
-    return (3, int(crop[0]), int(crop[0]))
-
-
-def build_architecture(arch: str, num_classes: int) -> nn.Module:
-    """Build ``cifar:NAME`` or ``torchvision:NAME`` with random init and ``num_classes`` outputs."""
-    prefix, name = _split_arch(arch)
-    if prefix == "cifar":
-        if name not in CIFAR_MODELS:
-            raise _unknown_name("cifar", name, list_cifar_models(), show_all=True)
-        return CIFAR_MODELS[name][0](num_classes)
-    import torchvision
-    valid = list_torchvision_models()
-    if name not in valid:
-        raise _unknown_name("torchvision", name, valid, show_all=False)
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def _head(module: nn.Module) -> tuple[Optional[str], Optional[int]]:
@@ -321,7 +264,7 @@ def _from_state_dict(sd: dict, arch: Optional[str], num_classes: Optional[int], 
         raise StudioError(f"{path} holds only weights (a state_dict), not the model's architecture.",
                           "Pass --arch cifar:resnet20 or torchvision:resnet50 (the architecture the "
                           "weights were trained with).")
-    prefix, _ = _split_arch(arch)
+    prefix, _ = split_arch(arch)
     n = num_classes or _head_outputs_in(sd, arch) or (10 if prefix == "cifar" else 1000)
     model = build_architecture(arch, n)
     _load_state_dict(model, sd, str(path), arch)
@@ -372,9 +315,9 @@ def _load_torchvision(spec: str, name: str, num_classes: Optional[int], pretrain
     import torchvision
     valid = list_torchvision_models()
     if name not in valid:
-        raise _unknown_name("torchvision", name, valid, show_all=False)
+        raise unknown_name("torchvision", name, valid, show_all=False)
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    input_size = _default_input(f"torchvision:{name}")
+    input_size = default_input(f"torchvision:{name}")
     imagenet_classes = len(weights.meta["categories"])
     file = torchvision_cache_path(name)
     arch = f"torchvision:{name}"
@@ -421,7 +364,6 @@ def _load_checkpoint(obj: dict, spec: str, path: Path, arch: Optional[str],
         raise StudioError(f"{path} has a {stored_classes}-class head but {num_classes} classes were asked.",
                           "Drop --num-classes, or fine-tune the model for the new classes first.")
     if history:
-        from studio.engine.export import rebuild_from_checkpoint  # export imports this module
         module = rebuild_from_checkpoint(dict(obj, arch=ck_arch))
     else:
         module = _from_state_dict(_strip_prefixes(dict(sd)), ck_arch, stored_classes or num_classes, path)
@@ -430,7 +372,7 @@ def _load_checkpoint(obj: dict, spec: str, path: Path, arch: Optional[str],
     return LoadedModel(
         module, spec, "pruned" if history else "state_dict", ck_arch,
         tuple(int(v) for v in stored_size) if stored_size else  # type: ignore[arg-type]
-        (_default_input(ck_arch) if ck_arch else CIFAR_INPUT),
+        (default_input(ck_arch) if ck_arch else CIFAR_INPUT),
         int(stored_classes) if stored_classes else 0, bool(obj.get("trained", True)),
         f"weights from {path.name}" + (f" ({note})" if note else ""), True)
 
@@ -465,7 +407,7 @@ def _load_file(spec: str, path: Path, arch: Optional[str], num_classes: Optional
                                f"full pickled model from {path.name} (trusted)", True)
     sd = _find_state_dict(obj, path)
     module = _from_state_dict(sd, arch, num_classes, path)
-    return LoadedModel(module, spec, "state_dict", arch.strip(), _default_input(arch),  # type: ignore[union-attr,arg-type]
+    return LoadedModel(module, spec, "state_dict", arch.strip(), default_input(arch),  # type: ignore[union-attr,arg-type]
                        infer_num_classes(module) or 0, True, f"weights from {path.name}", True)
 
 

@@ -2,7 +2,7 @@
 
 Each `Criterion` describes one way of scoring the output channels of a coupled group of
 layers and makes a fresh torch-pruning `Importance` object on demand. Most criteria are
-torch-pruning's own classes; Sl(n)·γ (seed 002) and HRank are written here in the same
+torch-pruning's own classes; Sl(n)·γ (Liu & Lei 2022) and HRank are written here in the same
 interface (`__call__(group) -> 1-D tensor`), so torch-pruning's pruner can use any of them.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ def _filters(layer: nn.Module) -> torch.Tensor:
 
 
 class SlGammaImportance(tp.importance.GroupMagnitudeImportance):
-    """Sl(n)·|γ| of seed 002 (MobileNetV3 slimming), as we read the seed's text.
+    """Sl(n)·|γ| of Liu & Lei 2022 (MobileNetV3 slimming), as we read the paper's text.
 
-    The seed's formula images are missing, so this is our reading of its words: for a
+    The paper's formula images are missing, so this is our reading of its words: for a
     conv with weight k (N×C×H×W), M = mean |k| over the whole layer and
     Sl(n) = share of filter n's C·H·W coefficients with |k| ≥ M (near 0 = redundant).
     The importance of filter n is m_n = Sl(n)·|γ_n|, with γ the scale of the BatchNorm right
@@ -49,7 +49,7 @@ class SlGammaImportance(tp.importance.GroupMagnitudeImportance):
     coupled group such layers only count when no member has a BatchNorm, so a group is never
     ranked on a mix of γ-weighted and unweighted scores. Linear layers are scored the same way
     (N neurons × C inputs). Members are averaged like torch-pruning's magnitude criteria.
-    Scores are not normalised: the seed prunes with one global threshold over the raw m_n.
+    Scores are not normalised: the paper prunes with one global threshold over the raw m_n.
     """
 
     def __init__(self, group_reduction: str = "mean", normalizer: Optional[str] = None):
@@ -259,7 +259,7 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("bn_scale", "BN scale (network slimming)", "Magnitude of the BatchNorm scale γ of each channel.",
               "Liu et al., ICCV 2017", False, False, tp.importance.BNScaleImportance),
     Criterion("slg", "Sl(n)·γ", "Share of a filter's weights above the layer mean, times its BatchNorm |γ|.",
-              "MobileNetV3 slimming, seed 002 (our reading of its text)", False, False, SlGammaImportance),
+              "MobileNetV3 slimming (Liu & Lei, 2022; our reading of the paper)", False, False, SlGammaImportance),
     Criterion("taylor", "Taylor", "First-order Taylor estimate |w·∂L/∂w| of the loss change on removal.",
               "Molchanov et al., CVPR 2019", True, True, tp.importance.TaylorImportance),
     Criterion("fpgm", "FPGM", "Distance of each filter to the others (filters near the geometric median go).",

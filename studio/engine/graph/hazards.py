@@ -1,0 +1,168 @@
+"""Tracing hazards: model patterns torch-pruning would mishandle, explained in plain words."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from studio.engine.graph.probe import (
+    AutogradView,
+    LayerCall,
+    NoGradForward,
+    Probe,
+    fn_kind,
+    fn_shape,
+    is_custom_fn,
+    tp_handles,
+)
+from studio.engine.graph.shadows import Shadows, check_input_size, example_input
+
+
+def _places(view: "AutogradView", fns: list, limit: int = 3) -> str:
+    """'after 'a', 'b' and 5 more places' for a message about several autograd nodes."""
+    spots: list[str] = []
+    for f in fns:
+        # One place may have two feeding layers; in a list of places the first one is enough.
+        spot = " and ".join(f"'{n}'" for n in view.near(f, limit=1 if len(fns) > 1 else 2))
+        if spot not in spots:
+            spots.append(spot)
+    text = "after " + ", ".join(spots[:limit])
+    return text + (f" and {len(spots) - limit} more places" if len(spots) > limit else "")
+
+
+def _builtin(call: Optional[LayerCall]) -> bool:
+    return call is not None and type(call.module).__module__.startswith(("torch.nn", "torch.ao.nn"))
+
+
+def describe_hazards(probe: Probe) -> list[str]:
+    """Plain-words descriptions of what torch-pruning would get wrong in this model."""
+    if not probe.has_grad:
+        return ["The forward pass runs under torch.no_grad() (or detaches its output), so "
+                "torch-pruning cannot see how the layers connect and would prune channels "
+                "without fixing the layers that use them. Remove torch.no_grad() / .detach() "
+                "from the model's forward."]
+    found: list[str] = []
+    no_grad = [c.qualname for c in probe.calls
+               if not c.grad_enabled and any(True for _ in c.module.parameters())]
+    if no_grad:
+        found.append(f"Layers {_names(no_grad)} run under torch.no_grad() inside forward, so "
+                     "torch-pruning cannot see them; pruning their neighbours would leave them "
+                     "with the wrong channel count. Remove torch.no_grad() from forward.")
+    view = probe.walk()
+    seen: dict[tuple[str, str], list] = {}   # (problem, op) -> autograd nodes, in forward order
+    for f in view.nodes:
+        # Ops inside torch.nn layers are the layer's business; ops anywhere else (including
+        # inside custom leaf modules) are what torch-pruning has to interpret.
+        if not view.data.get(f, False) or type(f).__name__ == "AccumulateGrad" \
+                or _builtin(view.owner.get(f)) or _builtin(view.internal.get(f)):
+            continue
+        kind = fn_kind(f)
+        if kind == "stack":
+            seen.setdefault(("stack", kind), []).append(f)
+        elif kind in ("channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle") \
+                or (kind in ("transpose", "permute") and _is_channel_shuffle(view, f)):
+            seen.setdefault(("shuffle", kind), []).append(f)
+        elif is_custom_fn(f):
+            seen.setdefault(("custom", re.sub(r"Backward$", "", type(f).__name__)), []).append(f)
+        elif kind not in ("transpose", "permute") and not tp_handles(kind) and _changes_channels(f):
+            seen.setdefault(("channels", kind), []).append(f)
+    for (problem, op), fns in sorted(seen.items(), key=lambda kv: kv[1][0]._sequence_nr()):
+        where = _places(view, sorted(fns, key=lambda f: f._sequence_nr()))
+        if problem == "stack":
+            found.append(f"torch.stack {where}: torch-pruning treats it as an element-wise op "
+                         "and cannot follow channels through it, so pruning would break the "
+                         "model. Use torch.cat, or keep the stacked layers out of pruning.")
+        elif problem == "shuffle":
+            found.append(f"Channel shuffle ({op}) {where}: it moves channels between groups, "
+                         "which torch-pruning does not track, so pruned channels would be mixed "
+                         "up. Keep the layers around it out of pruning.")
+        elif problem == "custom":
+            found.append(f"Custom autograd function {op} {where}: torch-pruning assumes it keeps "
+                         "every channel separate (element-wise); if it mixes or changes channels, "
+                         "pruning will break the model. Keep the layers around it out of pruning "
+                         "unless you know it is element-wise.")
+        else:
+            found.append(f"Operation '{op}' {where} changes the number of channels but is not a "
+                         "convolution, linear layer or concatenation; torch-pruning treats it as "
+                         "element-wise and would prune the wrong channels. Keep the layers around "
+                         "it out of pruning.")
+    return found
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _changes_channels(f: Any) -> bool:
+    """True when autograd node ``f`` outputs a different channel count than a same-rank input."""
+    out = fn_shape(f, 0)
+    if not out:
+        return False
+    for nf, nr in f.next_functions:
+        if nf is None:
+            continue
+        s = fn_shape(nf, nr)
+        if s is not None and len(s) == len(out) and s[0] != out[0] and s[0] != 1:
+            return True
+    return False
+
+
+def _is_channel_shuffle(view: AutogradView, f: Any) -> bool:
+    """view that splits the channel dim in two → swap of those two dims → view merging them."""
+    def through(g: Any, step: Callable[[Any], list]) -> Optional[Any]:
+        for _ in range(3):
+            nxt = step(g)
+            if len(nxt) != 1:
+                return None
+            g = nxt[0]
+            kind = fn_kind(g)
+            if "view" in kind or "reshape" in kind:
+                return g
+            if kind not in ("clone", "contiguous"):
+                return None
+        return None
+
+    if fn_kind(f) == "transpose":
+        dims = {getattr(f, "_saved_dim0", None), getattr(f, "_saved_dim1", None)}
+        swaps = dims == {1, 2}
+    else:
+        perm = tuple(getattr(f, "_saved_dims", ()))
+        swaps = len(perm) > 2 and perm[1] == 2 and perm[2] == 1
+    if not swaps:
+        return False
+    before = through(f, lambda g: [nf for nf, _ in g.next_functions if nf is not None and view.data.get(nf)])
+    after = through(f, lambda g: view.succ.get(g, []))
+    if before is None or after is None:
+        return False
+    split_out = fn_shape(before, 0)
+    split_in = next((fn_shape(nf, nr) for nf, nr in before.next_functions if nf is not None), None)
+    merged = fn_shape(after, 0)
+    return bool(split_out and split_in and merged and len(split_out) == len(split_in) + 1
+                and split_out[0] * split_out[1] == split_in[0] and split_out[2:] == split_in[1:]
+                and merged == split_in)
+
+
+def run_probe(shadows: Shadows) -> Probe:
+    def run(shadow: nn.Module, meta: bool) -> Probe:
+        p = Probe()
+        with torch.enable_grad():
+            try:
+                p.forward(shadow, example_input(shadow, shadows.input_size, meta, requires_grad=True))
+            except NoGradForward:
+                pass  # reported by describe_hazards
+        return p
+    return shadows.run(run)
+
+
+def find_tracing_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
+    """Patterns in ``model`` that torch-pruning would mishandle, each explained in plain words.
+
+    Looks for a forward that runs under ``torch.no_grad()``, ``torch.stack``, channel
+    shuffles, custom autograd functions and other ops that change the channel count while
+    torch-pruning treats them as element-wise.
+    """
+    size = check_input_size(input_size)
+    return describe_hazards(run_probe(Shadows(model, size)))

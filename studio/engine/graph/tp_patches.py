@@ -1,0 +1,70 @@
+"""Temporary patches of two torch-pruning internals that keep listing coupled groups fast and bounded."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator
+
+_TP_PATCH_LOCK = threading.Lock()
+# Index budget for listing one model's groups. Real CNNs stay far below: DenseNet-201 maps
+# 2.6 M indices in total and its largest step is 0.03 M (VGG's flatten); transformers can
+# make torch-pruning's lists grow without bound instead.
+_MAX_STEP_INDICES = 1_000_000
+_MAX_TOTAL_INDICES = 10_000_000
+
+
+class TooManyIndices(Exception):
+    """torch-pruning's index mapping ran away (it multiplies through chains of reshapes)."""
+
+
+@contextlib.contextmanager
+def tp_guards(dg: Any) -> Iterator[None]:
+    """Make listing ``dg``'s groups fast and bounded.
+
+    torch-pruning's get_pruning_group refreshes the index mapping of the whole graph each
+    time (needed after pruning, not while only listing groups); on DenseNet-201 that is
+    quadratic and took ~45 s. The mapping cannot change between two reads, so for this
+    graph the refresh is skipped (other graphs still get the real call), which gives
+    identical groups. On models such as Swin or MaxViT its index lists multiply through
+    reshapes until memory runs out; an index budget turns that into a clear failure.
+    """
+    from torch_pruning.dependency import graph as tp_graph
+    from torch_pruning.dependency import index_mapping as tp_mapping
+
+    real = tp_graph.index_mapping
+    mappings = [c for c in vars(tp_mapping).values()
+                if isinstance(c, type) and c.__name__.endswith("IndexMapping") and "__call__" in vars(c)]
+    originals = {c: c.__call__ for c in mappings}
+    used = [0]
+
+    class _Once:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def update_index_mapping(graph: Any) -> None:
+            if graph is not dg:
+                real.update_index_mapping(graph)
+
+    def guarded(cls: type) -> Callable:
+        call = originals[cls]
+
+        def wrapper(self: Any, idxs: Any) -> Any:
+            # A forward flatten mapping turns each index into `stride` indices: check first.
+            grow = max(1, int(getattr(self, "_stride", 1))) if not getattr(self, "reverse", True) else 1
+            used[0] += len(idxs) * grow
+            if len(idxs) * grow > _MAX_STEP_INDICES or used[0] > _MAX_TOTAL_INDICES:
+                raise TooManyIndices()
+            return call(self, idxs)
+        return wrapper
+
+    with _TP_PATCH_LOCK:  # build_dependency has just computed the mapping once
+        tp_graph.index_mapping = _Once()
+        for cls in mappings:
+            cls.__call__ = guarded(cls)
+        try:
+            yield
+        finally:
+            tp_graph.index_mapping = real
+            for cls, call in originals.items():
+                cls.__call__ = call
