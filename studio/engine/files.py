@@ -64,3 +64,13 @@ def write_text(path: os.PathLike | str, text: str) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def cache_dir(name: str) -> Path:
+    """The user's cache folder for ``name`` (``$STUDIO_CACHE_DIR`` or ``$XDG_CACHE_HOME``/~/.cache).
+
+    Only results that can be recomputed live here (sensitivity curves); deleting it is safe.
+    """
+    root = os.environ.get("STUDIO_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "compression-studio")
+    return Path(root) / name

@@ -23,14 +23,14 @@ from studio.engine.errors import StudioError
 from studio.engine.events import NEVER_CANCELLED, CancelToken
 from studio.engine.pruning import PruningPlan
 
-OPTION_KINDS = ("int", "float", "bool", "choice", "str")
+OPTION_KINDS = ("int", "float", "bool", "choice", "str", "floats")
 
 
 @dataclass(frozen=True)
 class Option:
     """One setting a method declares: the recipe key, the GUI field and the check, in one place."""
     name: str
-    kind: str                          # one of OPTION_KINDS
+    kind: str                          # one of OPTION_KINDS ('floats': a non-empty list of numbers)
     default: Any
     help: str                          # one line: what it does, in the user's terms
     choices: tuple = ()                # for kind 'choice'
@@ -54,6 +54,11 @@ class Option:
             if not isinstance(value, str):
                 raise fail("must be text", "Write it in quotes.")
             return value
+        if self.kind == "floats":
+            if not isinstance(value, (list, tuple)) or not value:
+                raise fail("must be a non-empty list of numbers", f"For example {list(self.default)}.")
+            item = Option(self.name, "float", self.default[0], self.help, minimum=self.minimum, maximum=self.maximum)
+            return [item.check(v, method) for v in value]
         whole = self.kind == "int"
         if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
                 or (not whole and not math.isfinite(value)):

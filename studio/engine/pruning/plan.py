@@ -24,7 +24,7 @@ def out_channels(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
 
 
-def _kept_channels(channels: int, rate: float, round_to: Optional[int]) -> int:
+def kept_channels(channels: int, rate: float, round_to: Optional[int]) -> int:
     """Channels torch-pruning keeps in a layer of ``channels`` at ``rate`` (same arithmetic)."""
     kept = int(channels * (1 - rate))
     if round_to and kept < channels:
@@ -150,7 +150,7 @@ class PruningPlan:
 
     def _check_leaves_channels(self, name: str, layer: nn.Module, rate: float, what: str) -> None:
         channels = out_channels(layer)
-        if rate > 0 and _kept_channels(channels, rate, self.round_to) < 1:
+        if rate > 0 and kept_channels(channels, rate, self.round_to) < 1:
             rounding = f" after rounding to multiples of {self.round_to}" if self.round_to else ""
             raise StudioError(f"{what} leaves no channel in layer '{name}' ({channels} channels{rounding}).",
                               f"Use a lower rate for '{name}', or protect it.")

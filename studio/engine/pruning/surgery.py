@@ -85,7 +85,7 @@ def _needs_data(criterion: Criterion, calibration) -> None:
                           "Give the job a dataset, or choose a data-free criterion such as l1.")
 
 
-def _prepare_scores(importance, criterion: Criterion, model: nn.Module, batches: list,
+def prepare_scores(importance, criterion: Criterion, model: nn.Module, batches: list,
                     loss_fn: Optional[Callable]) -> None:
     """Compute what a data-driven criterion reads: gradients (Taylor) or feature-map ranks (HRank)."""
     if criterion.needs_gradients:
@@ -163,7 +163,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     macs_before = int(counter.macs / batch_size_of(example_inputs))
     for step in range(steps):
         token.check("pruning")
-        _prepare_scores(importance, criterion, work, batches, loss_fn)
+        prepare_scores(importance, criterion, work, batches, loss_fn)
         pruner.step()
         work.zero_grad(set_to_none=True)
         yield Progress("prune", step + 1, steps, f"Step {step + 1}/{steps}: {_param_count(work):,} parameters left")
@@ -213,7 +213,7 @@ def channel_importance(model: nn.Module, layer_name: str, criterion: str, exampl
     pruning_fn = graph.get_pruner_of_module(layer).prune_out_channels
     group = graph.get_pruning_group(layer, pruning_fn, list(range(out_channels(layer))))
     importance = crit.make()
-    _prepare_scores(importance, crit, work, batches, loss_fn)
+    prepare_scores(importance, crit, work, batches, loss_fn)
     scores = importance(group)
     if scores is None:
         raise StudioError(f"The {crit.title} criterion has nothing to score in the group of layer '{layer_name}'.",
