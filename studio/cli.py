@@ -1,4 +1,4 @@
-"""Command-line interface: `studio inspect | prune | run | train | criteria`, and `studio --demo` for the GUI.
+"""Command-line interface: `studio inspect | prune | search | sensitivity | run | train | criteria`, and `studio --demo`.
 
 Each command drives the same engine generators as the GUI and shows their events as
 progress bars. A `StudioError` is printed as one line and exits with status 2; a traceback
@@ -115,8 +115,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.train-state.pt (same settings)")
 
+    p = sub.add_parser("sensitivity", help="probe each prunable group alone at a grid of rates (top-1 and loss)")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="dataset folder/spec with a validation split")
+    p.add_argument("--criterion", default="l1", help="how channels are ranked in a group (see `studio criteria`)")
+    p.add_argument("--rates", type=_parse_rates, default=None, metavar="R,R,...",
+                   help="rates to probe, default 0.1,0.2,...,0.9")
+    p.add_argument("--images", type=int, default=1000, help="validation images each probe is scored on")
+    p.add_argument("--out", required=True, help="folder for sensitivity.json")
+
+    p = sub.add_parser("search", help="find per-layer rates that meet a target under an accuracy floor")
+    _model_args(p)
+    p.add_argument("--data", required=True, help="dataset folder/spec (validation split scores, training split tunes)")
+    p.add_argument("--target", action="append", default=[], metavar="KIND=VALUE",
+                   help="macs=2x, macs=20M, params=0.5x, size=100kB, latency=3ms (repeatable: all must be met)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="points of top-1 the result may lose (default 1.0)")
+    p.add_argument("--method", default="allocate", help="search method (default allocate)")
+    p.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs per trial and for the winner")
+    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--criterion", default="l1", help="importance criterion (see `studio criteria`)")
+    p.add_argument("--protect", action="append", default=[], metavar="NAME", help="layer never pruned (repeatable)")
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
+    p.add_argument("--rates", type=_parse_rates, default=None, metavar="R,R,...", help="sensitivity grid")
+    p.add_argument("--images", type=int, default=1000, help="validation images per sensitivity probe")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-steps", type=int, help="limit steps per epoch (smoke runs)")
+    p.add_argument("--eval-batches", type=int, help="limit evaluation batches (smoke runs)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (training)")
+    p.add_argument("--latency-device", default="cpu", help="device latency targets are measured on")
+    p.add_argument("--latency-batch", type=int, default=1, help="batch size latency targets are measured at")
+    p.add_argument("--export", default="pt,checkpoint,torchscript,onnx", help="comma-separated export formats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-recipe", help="also write the search recipe built from these flags to this file")
+    p.add_argument("--out", required=True, help="search folder (the winner's run folder when it finishes)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
+
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
+
+
+def _parse_rates(text: str) -> list:
+    try:
+        return [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates must look like 0.1,0.3,0.5, got {text!r}") from None
 
 
 def _recipe_from_prune_args(args):
@@ -213,10 +256,13 @@ def cmd_run(args) -> int:
     data = read_recipe_json(args.recipe)
     if is_training_recipe(data):
         return _run_training(TrainingRecipe.from_dict(data), args.out, args.resume)
+    recipe = Recipe.from_dict(data)
+    if recipe.search is not None:
+        return _run_search(recipe, args.out, args.resume)
     if args.resume:
-        raise StudioError("--resume applies to training recipes only.",
+        raise StudioError("--resume applies to training and search recipes only.",
                           "Run the compression recipe again without --resume, into a new folder.")
-    return _run_job(Recipe.from_dict(data), args.out)
+    return _run_job(recipe, args.out)
 
 
 def _training_recipe_from_args(args):
@@ -273,6 +319,100 @@ def _run_training(recipe, out: str, resume: bool) -> int:
     return 0
 
 
+def _recipe_from_search_args(args):
+    from studio.engine.errors import StudioError
+    from studio.engine.jobs import DataSource, MeasureOptions, ModelSource, Recipe
+    from studio.engine.jobs.recipe import SearchOptions
+    from studio.engine.methods.sensitivity import DEFAULT_RATES
+    from studio.engine.pruning import PruningPlan
+    from studio.engine.training import TrainConfig
+
+    if not args.target:
+        raise StudioError("studio search needs at least one --target.",
+                          "For example --target macs=2x (or params=0.5M, size=100kB, latency=3ms).")
+    recipe = Recipe(
+        model=ModelSource(spec=args.model, arch=args.arch, num_classes=args.num_classes,
+                          input_size=list(args.input_size) if args.input_size else None, trust=args.trust),
+        data=DataSource(spec=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches),
+        plan=PruningPlan(criterion=args.criterion, rate=0.0, protected=list(args.protect), round_to=args.round_to),
+        finetune=TrainConfig(epochs=args.trial_epochs, lr=args.lr, device=args.device,
+                             max_steps_per_epoch=args.max_steps),
+        measure=MeasureOptions(device=args.latency_device, batch_sizes=[args.latency_batch]),
+        exports=[f.strip() for f in args.export.split(",") if f.strip()],
+        seed=args.seed,
+        search=SearchOptions(method=args.method, targets=list(args.target), max_drop=args.max_drop,
+                             max_trials=args.max_trials, rates=list(args.rates or DEFAULT_RATES),
+                             images=args.images, latency_batch=args.latency_batch),
+    )
+    recipe.validate()
+    return recipe
+
+
+def cmd_search(args) -> int:
+    from studio.engine.jobs import save_recipe
+    recipe = _recipe_from_search_args(args)
+    if args.save_recipe:
+        save_recipe(recipe, args.save_recipe)
+    return _run_search(recipe, args.out, args.resume)
+
+
+def _run_search(recipe, out, resume: bool) -> int:
+    from studio.engine.events import run_to_end
+    from studio.engine.jobs.search import run_search
+    from studio.engine.training import cleanup_distributed, is_main_process
+    from studio.progress import TerminalProgress
+
+    show = TerminalProgress(enabled=is_main_process())
+    finished = False
+    try:
+        result = run_to_end(run_search(recipe, out, resume=resume), show)
+        finished = True
+    finally:
+        show.close()
+        cleanup_distributed(after_error=not finished)
+    if result.run_dir is not None:
+        search, b, a = result.metrics["search"], result.metrics["before"], result.metrics["after"]
+        print(f"winner: trial {search['winner']} of {len(search['trials'])}   "
+              f"MACs {b['macs'] / max(a['macs'], 1):.2f}× fewer   params {b['params'] / max(a['params'], 1):.2f}× fewer")
+        if a.get("top1") is not None:
+            print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+        print(f"run folder: {result.run_dir}  (report.html; `studio run {result.run_dir}/recipe.json` repeats it)")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from studio.engine.data import check_compatible, load_data
+    from studio.engine.events import run_to_end
+    from studio.engine.methods import MethodInput, get_method
+    from studio.engine.methods.sensitivity import DEFAULT_RATES, SensitivityResult
+    from studio.engine.models import load_model
+    from studio.progress import TerminalProgress
+
+    loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
+                        input_size=args.input_size)
+    input_size = tuple(loaded.input_size)
+    bundle = load_data(args.data, input_size=input_size, channels=input_size[0])
+    check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
+    method = get_method("sensitivity")
+    options = method.resolve_options({"criterion": args.criterion, "rates": list(args.rates or DEFAULT_RATES),
+                                      "images": args.images})
+    show = TerminalProgress()
+    try:
+        out = run_to_end(method.run(MethodInput(loaded.module, input_size, data=bundle, work_dir=Path(args.out)),
+                                    options), show)
+    finally:
+        show.close()
+    result = SensitivityResult.from_dict(out.summary["sensitivity"])
+    print(f"unpruned top-1 {result.base_top1:.2%} on {result.images} images; "
+          f"{result.probes} probes, {result.seconds_per_probe * 1000:.0f} ms each")
+    print(f"\n{'group (root layer)':32s} {'ch':>4s}  " + "  ".join(f"{r:>5.0%}" for r in result.rates) + "   (top-1 lost, points)")
+    for g in result.groups:
+        drops = "  ".join(f"{100 * (result.base_top1 - v):5.1f}" for v in g.top1)
+        print(f"{g.root[:32]:32s} {g.channels:4d}  {drops}")
+    print(f"\nwritten: {Path(args.out) / 'sensitivity.json'}")
+    return 0
+
+
 def cmd_criteria(args) -> int:
     from studio.engine.pruning import CRITERIA
     for c in CRITERIA.values():
@@ -311,11 +451,18 @@ def _run_demo_headless() -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "prune": cmd_prune, "run": cmd_run, "train": cmd_train,
-            "criteria": cmd_criteria}
+            "sensitivity": cmd_sensitivity, "search": cmd_search, "criteria": cmd_criteria}
 
 
 def _interrupted_note(args) -> str:
     """What an interrupted command left: nothing, or (for `train`) a state to resume from."""
+    if args.command in ("search", "run"):
+        from studio.engine.jobs.search import SEARCH_FILE
+        from studio.engine.methods.search import read_trials
+        if (Path(args.out) / SEARCH_FILE).is_file():
+            kept = len(read_trials(Path(args.out)))
+            return f"the search folder {args.out} keeps the analysis and {kept} finished trial(s); " \
+                   "the same command with --resume continues from there"
     if args.command in ("train", "run"):
         from studio.engine.jobs import train_state_path
         state = train_state_path(args.out)

@@ -76,6 +76,18 @@ class MetricsSnapshot:
     values: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrialEnd:
+    """A target-search trial finished: its plan's figures and accuracy (the live trials table).
+
+    ``values`` holds the trial record as written to trials.jsonl: trial, tau, layer_rates,
+    figures, ratios, top1, met (targets), floor_ok and seconds.
+    """
+    trial: int
+    values: dict = field(default_factory=dict)
+    best: Optional[int] = None       # the best trial so far (meets the targets and the floor), if any
+
+
 Event = Any  # one of the dataclasses above
 
 

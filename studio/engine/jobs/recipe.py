@@ -14,6 +14,8 @@ from typing import Optional
 
 from studio.engine.errors import StudioError
 from studio.engine.files import write_text
+from studio.engine.methods import get_method
+from studio.engine.methods.targets import parse_targets
 from studio.engine.pruning import PruningPlan
 from studio.engine.training import TrainConfig
 
@@ -57,6 +59,34 @@ class MeasureOptions:
     runs: int = 20
 
 
+SEARCH_METHODS = ("allocate",)
+
+
+@dataclass
+class SearchOptions:
+    """A target search instead of fixed rates: the studio finds per-layer rates for ``targets``.
+
+    Each trial fine-tunes for the recipe's ``finetune`` budget; the winner's own recipe (with
+    its rates, and without this section) is written to the run folder, so `studio run`
+    repeats the winner. The keys are the chosen method's options (see `studio.engine.methods`).
+    """
+    method: str = "allocate"
+    targets: list = field(default_factory=lambda: ["macs=2x"])
+    max_drop: float = 1.0                 # points of top-1 the result may lose
+    max_trials: int = 6
+    tolerance: float = 0.02
+    rates: list = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    images: int = 1000                    # validation images per sensitivity probe
+    latency_batch: int = 1                # latency targets: batch size (device: measure.device)
+
+    def method_options(self, latency_device: str, eval_batches: Optional[int]) -> dict:
+        """The options the search method takes, checked by the method itself."""
+        return get_method(self.method).resolve_options({
+            "targets": list(self.targets), "max_drop": self.max_drop, "max_trials": self.max_trials,
+            "tolerance": self.tolerance, "rates": list(self.rates), "images": self.images,
+            "eval_batches": eval_batches or 0, "latency_device": latency_device, "latency_batch": self.latency_batch})
+
+
 @dataclass
 class Recipe:
     """A whole compression job."""
@@ -69,10 +99,13 @@ class Recipe:
     exports: list = field(default_factory=lambda: list(EXPORT_FORMATS))
     seed: int = 0
     retrain: bool = False     # after pruning, re-initialise and train from scratch (UCP, Chang et al. 2020)
+    search: Optional[SearchOptions] = None   # find the rates for a target (the plan's rates are then ignored)
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict:
+        search = {"search": asdict(self.search)} if self.search is not None else {}
         return {
+            **search,
             "version": self.version,
             "seed": self.seed,
             "retrain": self.retrain,
@@ -109,6 +142,7 @@ class Recipe:
             exports=list(d.get("exports", EXPORT_FORMATS)),
             seed=int(d.get("seed", 0)),
             retrain=d.get("retrain", False),
+            search=_search_section(d.get("search")),
         )
         recipe.validate()
         return recipe
@@ -120,6 +154,9 @@ class Recipe:
         if bad:
             raise StudioError(f"Unknown export format(s): {', '.join(bad)}.",
                               f"Choose from: {', '.join(EXPORT_FORMATS)}.")
+        if self.search is not None and not self.data.spec:
+            raise StudioError("A target search needs data: it scores every probe and trial.",
+                              "Set data.spec (--data) to a dataset with a validation split.")
         needs_data = self.sparse_training.epochs > 0 or self.finetune.epochs > 0
         if needs_data and not self.data.spec:
             raise StudioError("The recipe asks for training but names no data.",
@@ -137,6 +174,29 @@ class Recipe:
                               "or set retrain to false.")
         self.sparse_training.validate()
         self.finetune.validate()
+        if self.search is not None:
+            if self.search.method not in SEARCH_METHODS:
+                raise StudioError(f"Unknown search method '{self.search.method}'.",
+                                  f"Use one of: {', '.join(SEARCH_METHODS)}.")
+            drop = self.search.max_drop
+            if isinstance(drop, (int, float)) and not isinstance(drop, bool) and drop < 0:
+                raise StudioError(f"search.max_drop {drop:g} puts the accuracy floor above the original accuracy, "
+                                  "which no pruned model can reach.",
+                                  "Give the points of top-1 the result may lose, e.g. 1.0 (0 keeps the original).")
+            if self.retrain:
+                raise StudioError("A target search fine-tunes its trials; it cannot retrain from scratch.",
+                                  "Set retrain to false.")
+            parse_targets(self.search.targets)
+            self.search.method_options(self.measure.device, self.data.eval_batches)
+
+
+def _search_section(given) -> Optional[SearchOptions]:
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise StudioError("Recipe section 'search' must be an object.", "See docs/RECIPES.md.")
+    _check_keys("search", given, SearchOptions)
+    return SearchOptions(**given)
 
 
 @dataclass

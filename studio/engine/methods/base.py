@@ -22,15 +22,16 @@ from studio.engine.data import DataBundle
 from studio.engine.errors import StudioError
 from studio.engine.events import NEVER_CANCELLED, CancelToken
 from studio.engine.pruning import PruningPlan
+from studio.engine.training import TrainConfig
 
-OPTION_KINDS = ("int", "float", "bool", "choice", "str", "floats")
+OPTION_KINDS = ("int", "float", "bool", "choice", "str", "floats", "texts")
 
 
 @dataclass(frozen=True)
 class Option:
     """One setting a method declares: the recipe key, the GUI field and the check, in one place."""
     name: str
-    kind: str                          # one of OPTION_KINDS ('floats': a non-empty list of numbers)
+    kind: str                          # one of OPTION_KINDS ('floats', 'texts': non-empty lists)
     default: Any
     help: str                          # one line: what it does, in the user's terms
     choices: tuple = ()                # for kind 'choice'
@@ -54,6 +55,10 @@ class Option:
             if not isinstance(value, str):
                 raise fail("must be text", "Write it in quotes.")
             return value
+        if self.kind == "texts":
+            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+                raise fail("must be a non-empty list of texts", f"For example {list(self.default)}.")
+            return list(value)
         if self.kind == "floats":
             if not isinstance(value, (list, tuple)) or not value:
                 raise fail("must be a non-empty list of numbers", f"For example {list(self.default)}.")
@@ -83,6 +88,7 @@ class MethodInput:
     token: CancelToken = NEVER_CANCELLED
     work_dir: Optional[Path] = None    # a folder the method may cache results in (e.g. the run folder)
     seed: int = 0
+    finetune: Optional[TrainConfig] = None   # the training a method may spend (per search trial, recovery)
 
 
 @dataclass

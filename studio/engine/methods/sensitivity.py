@@ -175,7 +175,7 @@ def _score(model: nn.Module, batches: list) -> tuple[float, float]:
 
 def _fit(rates: list, top1: list, base: float) -> tuple[float, list]:
     """Non-increasing least-squares fit of top-1 against rate, the baseline at rate 0 included."""
-    from sklearn.isotonic import IsotonicRegression   # scikit-learn: a well-kept PAV implementation
+    from sklearn.isotonic import IsotonicRegression  # scikit-learn: a well-kept PAV implementation
     fitted = IsotonicRegression(increasing=False).fit_transform([0.0, *rates], [base, *top1])
     return float(fitted[0]), [float(v) for v in fitted[1:]]
 

@@ -1,0 +1,132 @@
+"""The search job: find per-layer rates for a target, then run the winner as an ordinary job.
+
+A recipe with a ``search`` section runs here. The search folder is a workspace that
+survives interruptions: ``search.json`` (the search recipe), ``sensitivity.json`` and
+``trials.jsonl`` are written as the search goes, and `run_search` with ``resume=True``
+continues from them. When a trial meets the targets and the floor, the winner's recipe
+(the plan with its rates, no search section) runs through `run_recipe`, and its run folder
+(model exports, metrics.json, report, recipe.json) is moved into the search folder, so the
+result is an ordinary run folder that `studio run recipe.json` reproduces.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Generator, Optional
+
+from studio.engine.data import DataBundle, check_compatible, load_data
+from studio.engine.errors import StudioError
+from studio.engine.events import CancelToken, Log, Phase
+from studio.engine.files import write_text
+from studio.engine.jobs.pipeline import RunResult, json_safe, run_recipe
+from studio.engine.jobs.recipe import Recipe
+from studio.engine.jobs.report import write_report
+from studio.engine.methods import MethodInput, get_method
+from studio.engine.methods.search import TRIALS_FILE
+from studio.engine.methods.sensitivity import FILE_NAME as SENSITIVITY_FILE
+from studio.engine.models import LoadedModel, load_model
+from studio.engine.training import is_main_process, seed_everything
+
+SEARCH_FILE = "search.json"
+SEARCH_FORMAT = "studio-search-1"
+WINNER_FOLDER = "winner"
+
+
+def prepare_search_folder(out_dir: Path, recipe: Recipe, resume: bool) -> None:
+    """Make ``out_dir`` the search's workspace; a resume must find the same search there."""
+    marker = out_dir / SEARCH_FILE
+    if not resume:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            hint = ("Add --resume to continue the search recorded there, or choose a new folder."
+                    if marker.is_file() else "Choose a new folder; the studio never overwrites an earlier run.")
+            raise StudioError(f"The output folder {out_dir} already exists and is not empty.", hint)
+        write_text(marker, json.dumps({"format": SEARCH_FORMAT, "recipe": recipe.to_dict()}, indent=2) + "\n")
+        return
+    if not marker.is_file():
+        raise StudioError(f"There is no search to resume in {out_dir} (no {SEARCH_FILE}).",
+                          "Run the same command without --resume to start the search.")
+    try:
+        saved = json.loads(marker.read_text())
+    except ValueError as exc:
+        raise StudioError(f"{marker} is damaged.", "Start the search again in a new folder.") from exc
+    if saved.get("recipe") != recipe.to_dict():
+        changed = sorted(k for k, v in recipe.to_dict().items() if (saved.get("recipe") or {}).get(k) != v)
+        raise StudioError(f"The search in {out_dir} was started with other settings ({', '.join(changed)}).",
+                          "Resume with the settings it started with, or start a new search in a new folder.")
+    if (out_dir / "metrics.json").is_file():
+        raise StudioError(f"The search in {out_dir} has already finished.", "Open its report.html, or start a new one.")
+
+
+def winner_recipe(recipe: Recipe, plan) -> Recipe:
+    """The search recipe with the winner's plan and no search: what `studio run` repeats."""
+    winner = copy.deepcopy(recipe)
+    winner.plan, winner.search = plan, None
+    return winner
+
+
+def _load(recipe: Recipe, loaded: Optional[LoadedModel], bundle: Optional[DataBundle]):
+    if loaded is None:
+        m = recipe.model
+        loaded = load_model(m.spec, arch=m.arch, num_classes=m.num_classes, trust=m.trust,
+                            input_size=tuple(m.input_size) if m.input_size else None)
+    if not loaded.prunable:
+        raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
+    input_size = tuple(loaded.input_size)
+    if bundle is None:
+        bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
+    check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
+    return loaded, bundle
+
+
+def _adopt(run_dir: Path, out_dir: Path) -> None:
+    """Move a finished run folder's files up into the search folder."""
+    for item in run_dir.iterdir():
+        target = out_dir / item.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        item.rename(target)
+    run_dir.rmdir()
+
+
+def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, resume: bool = False,
+               loaded: Optional[LoadedModel] = None, bundle: Optional[DataBundle] = None
+               ) -> Generator[object, None, RunResult]:
+    """Search, then run the winner into ``out_dir``. A search that cannot meet its targets raises
+    `StudioError` naming the best point; its trials stay in ``out_dir`` either way."""
+    if recipe.search is None:
+        raise StudioError("This recipe has no search section.", "Run it with `studio run`, or add a search section.")
+    token = token or CancelToken()
+    recipe.validate()
+    out_dir = Path(out_dir)
+    main = is_main_process()
+    if main:
+        prepare_search_folder(out_dir, recipe, resume)
+    seed_everything(recipe.seed)
+    yield Phase("analyse", "Loading the model and data")
+    loaded, bundle = _load(recipe, loaded, bundle)
+    recipe.plan.validate(loaded.module)
+    yield Log(f"Model: {loaded.summary()}")
+    yield Log(f"Data: {bundle.summary()}")
+    method = get_method(recipe.search.method)
+    options = recipe.search.method_options(recipe.measure.device, recipe.data.eval_batches)
+    finetune = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                       seed=recipe.seed)
+    inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=recipe.plan,
+                         token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune)
+    found = yield from method.run(inputs, options)
+    winner = winner_recipe(recipe, found.plan)
+    yield Log(f"Winner: trial {found.summary['winner']}; running its recipe for the final model and report.")
+    final = yield from run_recipe(winner, out_dir / WINNER_FOLDER, token=token, loaded=loaded, bundle=bundle)
+    if not main:
+        return final
+    _adopt(out_dir / WINNER_FOLDER, out_dir)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    metrics["search"] = {**found.summary, "method": recipe.search.method,
+                         "files": {"trials": TRIALS_FILE, "sensitivity": SENSITIVITY_FILE, "search": SEARCH_FILE}}
+    write_text(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    write_report(out_dir)
+    yield Log(f"Search folder written: {out_dir}")
+    return RunResult(run_dir=out_dir, metrics=metrics, model=final.model)
