@@ -34,6 +34,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem
 
+from studio.app.sensitivity_view import heat_color
 from studio.engine.graph import Layout, layered_layout
 from studio.engine.jobs.report import human_count
 
@@ -264,6 +265,19 @@ class NodeItem(QGraphicsItem):
             self.result = result
             self._update_channel_text()
             self.update()
+
+    def set_heat(self, colour: Optional[QColor]) -> None:
+        """Fill with a sensitivity colour instead of the category colour; None restores it."""
+        fill = colour if colour is not None else self.fill
+        if fill != self._brush.color():
+            self._brush = QBrush(fill)
+            self._border = QPen(fill.darker(135), 1.0)
+            self.update()
+
+    @property
+    def heat(self) -> Optional[QColor]:
+        """The sensitivity colour drawn, or None when the category colour shows."""
+        return None if self._brush.color() == self.fill else self._brush.color()
 
     def set_highlighted(self, on: bool) -> None:
         if on != self.highlighted:
@@ -519,6 +533,7 @@ class GraphView(QGraphicsView):
         self._rates: dict[str, float] = {}
         self._protected: set[str] = set()
         self._result: Optional[dict[str, tuple[int, int]]] = None
+        self._heat: Optional[dict[str, float]] = None    # module -> 0..1 sensitivity colour
         self._editable = True
         self._quiet = False          # True while select_nodes() changes the selection in bulk
         self._banding = False        # True during a Shift+drag rubber band
@@ -607,8 +622,16 @@ class GraphView(QGraphicsView):
         for item in self._nodes.values():
             self._apply_state(item)
 
+    def set_heat(self, values: Optional[dict[str, float]]) -> None:
+        """Colour prunable modules by a 0..1 sensitivity (green → red); None shows categories again."""
+        self._heat = dict(values) if values is not None else None
+        for item in self._nodes.values():
+            self._apply_state(item)
+
     def _apply_state(self, item: NodeItem) -> None:
         module = item.module
+        heat = self._heat
+        item.set_heat(heat_color(heat[module]) if heat is not None and module in heat and item.prunable else None)
         if item.prunable and module is not None:
             item.set_state(float(self._rates.get(module, 0.0)), module in self._protected)
         result = self._result.get(module) if self._result is not None and module is not None else None

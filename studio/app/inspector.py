@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from studio.app.sensitivity_view import SensitivityCurve
 from studio.engine.jobs.report import human_count
 
 PANEL_WIDTH = 340           # preferred dock width
@@ -338,6 +339,24 @@ class InspectorPanel(QWidget):
         hl.addWidget(self._hist_legend)
         dl.addWidget(self._hist_box)
 
+        # The group's sensitivity curve, once an analysis exists.
+        self._sens_box = QWidget()
+        sl = QVBoxLayout(self._sens_box)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.setSpacing(3)
+        self._sens_title = section_label("Sensitivity")
+        self._sens_title.setToolTip("Top-1 on the validation images with only this layer's coupled group pruned "
+                                    "at each rate, no training (dots), its fit (line) and the layer's rate (dashed).")
+        sl.addWidget(self._sens_title)
+        self.sensitivity_curve = SensitivityCurve()
+        sl.addWidget(self.sensitivity_curve)
+        self._sens_note = dim_label(QLabel())
+        self._sens_note.setWordWrap(True)
+        sl.addWidget(self._sens_note)
+        self._sens_box.hide()
+        dl.addWidget(self._sens_box)
+        self._sensitivity: Optional[dict] = None
+
         self._spin.valueChanged.connect(self._on_spin)
         self._slider.valueChanged.connect(self._on_slider)
         self._slider.sliderPressed.connect(self._on_slider_pressed)
@@ -405,6 +424,7 @@ class InspectorPanel(QWidget):
         self._pruning.setVisible(bool(targets))
         self._show_rate()
         self._refresh_enabled()
+        self._show_sensitivity()
 
         # The histogram is for exactly one prunable layer; ask for scores only when that layer
         # (or the model) changed, since rate edits re-show the same selection.
@@ -419,6 +439,27 @@ class InspectorPanel(QWidget):
             self.histogramRequested.emit(wanted)
         elif self._scores is not None:
             self._draw_histogram()
+
+    def set_sensitivity(self, result: Optional[dict]) -> None:
+        """A sensitivity analysis (`SensitivityResult.to_dict()`) to draw for the selected layer; None hides it."""
+        self._sensitivity = result
+        self._show_sensitivity()
+
+    def _show_sensitivity(self) -> None:
+        layer = self._targets[0] if len(self._targets) == 1 else None
+        result = self._sensitivity
+        group = next((g for g in (result or {}).get("groups") or [] if layer in (g.get("layers") or [])), None)
+        self._sens_box.setVisible(group is not None)
+        if group is None:
+            return
+        rate = float(self._rates.get(layer, 0.0))
+        self.sensitivity_curve.show_curve(result, group, rate)
+        base = result.get("base_top1") or 0.0
+        at = [(r, base - v) for r, v in zip(result.get("rates") or [], group.get("fit") or [])]
+        safe = max((r for r, loss in at if loss <= 0.01), default=0.0)
+        self._sens_title.setText(f"Sensitivity of group {group['root']}")
+        self._sens_note.setText(f"Rate now {rate:.0%}. Alone, this group can lose up to {safe:.0%} of its channels "
+                                "for at most 1 point of top-1 (before fine-tuning).")
 
     def show_histogram(self, layer: str, scores, rate: float) -> None:
         """Draw the importance ``scores`` of ``layer``'s channels with the cut at ``rate`` (stale layers are ignored)."""

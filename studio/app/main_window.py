@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import os
 import shutil
 import time
@@ -42,12 +43,15 @@ from studio.app.plots import LivePlots
 from studio.app.runs_panel import RunsPanel
 from studio.app.session import Autosaver, RecentFiles, Session, autosave_path, load_session, save_session
 from studio.app.strategy import StrategyPanel
+from studio.app.target_controller import TargetController
 from studio.app.tasks import TaskRunner
 from studio.engine.data import check_compatible, load_data
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase
 from studio.engine.graph import LayerGraph, build_graph, layered_layout
 from studio.engine.jobs import Recipe, calibration_batches, read_run, run_recipe
+from studio.engine.jobs.search import run_search
+from studio.engine.methods.targets import Target
 from studio.engine.jobs.report import human_bytes, human_count
 from studio.engine.metrics import count_macs, dense_size_bytes
 from studio.engine.models import load_model
@@ -64,6 +68,23 @@ def default_runs_dir() -> Path:
     if env:
         return Path(env)
     return Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)) / "runs"
+
+
+def target_note(recipe: Recipe, now: tuple[int, int]) -> str:
+    """What target mode will aim for, in the user's terms, for the strategy panel's prediction."""
+    parts = []
+    for text in recipe.search.targets:
+        try:
+            target = Target.parse(text)
+        except StudioError as exc:
+            return exc.problem
+        if target.kind in ("macs", "params"):
+            original = now[0] if target.kind == "params" else now[1]
+            parts.append(f"{text}: at most {target.describe(target.goal(original))}")
+        else:
+            parts.append(f"{text} ({'measured' if target.kind == 'latency' else 'compressed size'})")
+    return (f"Target mode: {'; '.join(parts)}, losing at most {recipe.search.max_drop:g} point(s) of top-1. "
+            "The rates are found by the search when you Run.")
 
 
 def _open_model_work(request: dict) -> OpenedModel:
@@ -102,6 +123,7 @@ class MainWindow(QMainWindow):
         self.recent = RecentFiles(self.settings)
         self.session_path: Optional[Path] = None
         self.job_token: Optional[CancelToken] = None
+        self._searching = False                          # the running job is a target search
         self.last_error: Optional[BaseException] = None   # for tests and the log
         self._prediction_generation = 0
         self._result_layers: Optional[dict] = None     # layer -> (channels before, after) of the last run
@@ -142,6 +164,10 @@ class MainWindow(QMainWindow):
         tools.addWidget(self.find_box)
         tools.addWidget(self.fit_button)
         tools.addWidget(self.result_check)
+        self.inspector = InspectorPanel()
+        self.target = TargetController(self.document, self.graph, self.inspector, self._start_job, self)
+        tools.addWidget(self.target.overlay)
+        tools.addWidget(self.target.legend)
         tools.addStretch(1)
         tools.addWidget(self.graph_note)
         centre = QWidget()
@@ -153,7 +179,6 @@ class MainWindow(QMainWindow):
         column.addWidget(self.graph, 1)
         self.setCentralWidget(centre)
 
-        self.inspector = InspectorPanel()
         self.strategy = StrategyPanel()
         self.plots = LivePlots()
         self.runs_panel = RunsPanel()
@@ -169,6 +194,7 @@ class MainWindow(QMainWindow):
                 ("inspector", "Inspector", self.inspector, Qt.DockWidgetArea.RightDockWidgetArea),
                 ("plots", "Live plots", self.plots, Qt.DockWidgetArea.BottomDockWidgetArea),
                 ("runs", "Runs", self.runs_panel, Qt.DockWidgetArea.BottomDockWidgetArea),
+                ("trials", "Trials", self.target.trials, Qt.DockWidgetArea.BottomDockWidgetArea),
                 ("log", "Log", self.log, Qt.DockWidgetArea.BottomDockWidgetArea)):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{key}")
@@ -176,7 +202,8 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[key] = dock
         self.tabifyDockWidget(self.docks["plots"], self.docks["runs"])
-        self.tabifyDockWidget(self.docks["runs"], self.docks["log"])
+        self.tabifyDockWidget(self.docks["runs"], self.docks["trials"])
+        self.tabifyDockWidget(self.docks["trials"], self.docks["log"])
         self.docks["plots"].raise_()
         self.resize(1600, 1000)
         # The graph is the centre of the window: side panels at their natural width, plots short.
@@ -217,6 +244,9 @@ class MainWindow(QMainWindow):
                                    "Stop the job; the model and runs are left as before Run"),
             "evaluate": self._action("&Evaluate Accuracy", self.evaluate_accuracy, None,
                                      "Top-1/top-5 of the open model on the open data's validation split"),
+            "analyse": self._action("Analyse &Sensitivity", self.analyse_sensitivity, None,
+                                    "Prune each coupled group alone at 10 … 90 % and colour the graph by the "
+                                    "top-1 it loses"),
         }
         bar = self.menuBar()
         file_menu = bar.addMenu("&File")
@@ -239,7 +269,7 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             view_menu.addAction(dock.toggleViewAction())
         run_menu = bar.addMenu("&Run")
-        for key in ("run", "pause", "cancel", "evaluate"):
+        for key in ("run", "pause", "cancel", "evaluate", "analyse"):
             run_menu.addAction(a[key])
         toolbar = self.addToolBar("Main")
         toolbar.setObjectName("toolbar-main")
@@ -264,6 +294,7 @@ class MainWindow(QMainWindow):
         self.inspector.protectChanged.connect(d.set_protected)
         self.inspector.histogramRequested.connect(self._request_histogram)
         self.strategy.changed.connect(self._on_strategy_changed)
+        self.strategy.analyseRequested.connect(self.analyse_sensitivity)
         self.runs_panel.openRunRequested.connect(self.choose_run_folder)
         self.find_box.returnPressed.connect(self._find)
         self.fit_button.clicked.connect(self.graph.fit)
@@ -285,8 +316,9 @@ class MainWindow(QMainWindow):
     def _refresh_enabled(self) -> None:
         running = self.job_running
         a = self.actions_by_name
-        for key in ("open_model", "open_data", "open_demo", "open_session", "run", "evaluate"):
+        for key in ("open_model", "open_data", "open_demo", "open_session", "run", "evaluate", "analyse"):
             a[key].setEnabled(not running)
+        a["analyse"].setEnabled(not running and self.document.model is not None)
         a["run"].setEnabled(not running and self.document.model is not None)
         a["pause"].setEnabled(running)
         a["cancel"].setEnabled(running)
@@ -474,6 +506,7 @@ class MainWindow(QMainWindow):
         self.graph_note.setText("  ".join(opened.layer_graph.warnings)[:300])
         self.graph_note.setToolTip("\n\n".join(opened.layer_graph.warnings))
         self.inspector.show_selection(opened.layer_graph, [], {}, set())
+        self.target.clear()
         self._refresh_header()
         self._refresh_enabled()
 
@@ -486,7 +519,8 @@ class MainWindow(QMainWindow):
     def _on_plan_changed(self) -> None:
         d = self.document
         if d.model is not None:
-            rates = d.effective_rates()
+            # In target mode the search chooses the rates: the graph shows none until it has.
+            rates = d.effective_rates() if d.recipe.search is None else {}
             self.graph.set_rates(rates, d.protected())
             self._on_selection(self.graph.selected_nodes())
         self.strategy.set_recipe(d.recipe)
@@ -573,6 +607,9 @@ class MainWindow(QMainWindow):
         generation = self._prediction_generation
         plan = copy.deepcopy(d.recipe.plan)
         module, size = d.model.loaded.module, tuple(d.model.loaded.input_size)
+        if d.recipe.search is not None:
+            self.strategy.show_prediction(self._now_counts(), None, target_note(d.recipe, self._now_counts()))
+            return
 
         def work():
             return estimate(module, plan, torch.zeros(1, *size))
@@ -624,17 +661,22 @@ class MainWindow(QMainWindow):
             self._fail(exc, "")
             return
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = self.runs_dir / f"{stamp}-{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}"
+        what = (f"search-{recipe.search.targets[0].replace('=', '-')}" if recipe.search is not None
+                else f"{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}")
+        out = self.runs_dir / f"{stamp}-{what}"
         n = 2
         while out.exists():
-            out = out.with_name(f"{stamp}-{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}-{n}")
+            out = out.with_name(f"{stamp}-{what}-{n}")
             n += 1
         token = CancelToken()
         loaded, bundle = d.model.loaded, d.data
         started = time.monotonic()
 
+        search = recipe.search is not None
+
         def work():
-            result = yield from run_recipe(recipe, out, token=token, loaded=loaded, bundle=bundle)
+            job = run_search if search else run_recipe
+            result = yield from job(recipe, out, token=token, loaded=loaded, bundle=bundle)
             yield Phase("report", "Writing report.pdf")
             pdf_note = ""
             try:
@@ -649,6 +691,10 @@ class MainWindow(QMainWindow):
         self.job_panel.set_running(True, {"sparse-train": recipe.sparse_training.epochs,
                                           "fine-tune": recipe.finetune.epochs, "retrain": recipe.finetune.epochs})
         self.docks["plots"].raise_()
+        if search:
+            self.target.search_started(recipe)
+            self.docks["trials"].raise_()
+        self._searching = search
         self._refresh_enabled()
         self._log(f"Run started → {out}")
         self.runner.submit("run", work, token=token, on_events=self._on_job_events,
@@ -658,6 +704,7 @@ class MainWindow(QMainWindow):
     def _on_job_events(self, events: list) -> None:
         self.plots.add_events(events)
         self.job_panel.feed(events)
+        self.target.feed(events)
         for e in events:
             if isinstance(e, Log):
                 self._log(e.message, e.level)
@@ -687,8 +734,14 @@ class MainWindow(QMainWindow):
         acc = f", top-1 {top1:.1%}" if top1 is not None else ""
         self.job_panel.finish("Done", f"in {took}: {summary.speedup_macs:.2f}× fewer MACs{acc}")
         self._log(f"Run finished: {run_dir}")
+        if self._searching:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            self.target.search_finished(run_dir, metrics)
+            self._log("The winner's per-layer rates are now the plan: edit them in the graph or inspector.")
 
     def _on_job_failed(self, exc: BaseException, details: str) -> None:
+        if self._searching:
+            self.target.search_failed(exc.problem if isinstance(exc, StudioError) else str(exc))
         self._job_ended()
         self.plots.restore_previous()
         self.job_panel.finish("Failed", "nothing was changed")
@@ -699,6 +752,40 @@ class MainWindow(QMainWindow):
         self.plots.restore_previous()
         self.job_panel.finish("Cancelled", "nothing was changed")
         self._log("Run cancelled; the model and the runs are as they were before Run.")
+
+    # ================================================================== sensitivity
+    def analyse_sensitivity(self) -> None:
+        try:
+            self.target.analyse()
+        except StudioError as exc:
+            self._fail(exc, "")
+
+    def _start_job(self, name: str, work: Callable, on_done: Callable) -> None:
+        """Run ``work(token)`` (an engine generator) as a job: progress, Pause and Cancel as for a run."""
+        if self.job_running:
+            return
+        token = CancelToken()
+        self.job_token, self._searching = token, False
+        self.job_panel.set_running(True, {})
+        self._refresh_enabled()
+        started = time.monotonic()
+
+        def done(result) -> None:
+            self._job_ended()
+            self.job_panel.finish("Done", f"{name} in {format_duration(time.monotonic() - started)}")
+            on_done(result)
+
+        def failed(exc: BaseException, details: str) -> None:
+            self._job_ended()
+            self.job_panel.finish("Failed", "nothing was changed")
+            self._fail(exc, details)
+
+        def cancelled() -> None:
+            self._job_ended()
+            self.job_panel.finish("Cancelled", "nothing was changed")
+
+        self.runner.submit(name, lambda: work(token), token=token, on_events=self._on_job_events,
+                           on_done=done, on_error=failed, on_cancel=cancelled)
 
     def _pause(self) -> None:
         if self.job_token is not None:

@@ -26,7 +26,9 @@ from PySide6.QtWidgets import (
 )
 
 from studio.app.inspector import dim_color, scrolling_body, section_label
+from studio.app.target_panel import TargetForm
 from studio.engine.jobs import Recipe
+from studio.engine.jobs.recipe import SearchOptions
 from studio.engine.jobs.report import human_count
 from studio.engine.pruning import CRITERIA
 
@@ -188,6 +190,14 @@ class StrategyPanel(QWidget):
 
         # -- Pruning
         form = self._form("Pruning", lay)
+        self._pruning_form = form
+        self._rates_mode = QComboBox()
+        self._rates_mode.addItem("Set rates by hand", False)
+        self._rates_mode.addItem("Find rates for a target", True)
+        self._row(form, "Rates", self._rates_mode,
+                  "By hand: one rate plus per-layer rates in the inspector. For a target: state what you want "
+                  "(2× fewer MACs, 3 ms, 100 kB) and an accuracy floor; the studio analyses each layer's "
+                  "sensitivity, allocates the rates and verifies them with trials.")
         self._criterion = QComboBox()
         for name, crit in CRITERIA.items():
             self._criterion.addItem(crit.title, name)
@@ -216,6 +226,12 @@ class StrategyPanel(QWidget):
                                    "After removing channels, also zero this share of the remaining weights "
                                    "(smallest first). Shrinks compressed files; dense compute stays the same.")
 
+        # -- Target (target mode only)
+        self._target_box_form = self._form("Target", lay)
+        self.target_form = TargetForm()
+        self._target_box_form.addRow(self.target_form)
+        self.analyseRequested = self.target_form.analyseRequested
+
         # -- Sparse training
         form = self._form("Sparse training", lay)
         self._sparse_epochs = self._row(form, "Epochs", self._count(0, 1000, "off"),
@@ -233,6 +249,7 @@ class StrategyPanel(QWidget):
         self._row(form, "Then", self._mode,
                   "Fine-tune: keep the surviving weights and train a little more. Retrain from scratch: "
                   "re-initialise the smaller network and train it fully (needs more epochs).")
+        self._after_form = form
         self._epochs = self._row(form, "Epochs", self._count(0, 1000, "off"),
                                  "Training epochs after pruning; 'off' skips training (the accuracy drop "
                                  "is then measured as is). Needs data.")
@@ -286,7 +303,9 @@ class StrategyPanel(QWidget):
             spin.setKeyboardTracking(False)      # one `changed` per finished edit, not per keystroke
             spin.setAlignment(Qt.AlignRight)
             spin.valueChanged.connect(self.changed)
-        for combo in (self._criterion, self._ranking, self._mode, self._device):
+        self._rates_mode.currentIndexChanged.connect(self._update_enabled)
+        self.target_form.changed.connect(self.changed)
+        for combo in (self._rates_mode, self._criterion, self._ranking, self._mode, self._device):
             # Size by a short text, not the longest item, so the panel can stay narrow.
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(8)
@@ -296,7 +315,7 @@ class StrategyPanel(QWidget):
         self._lr.edited.connect(self.changed)
 
     def _inputs(self) -> list[QWidget]:
-        return [self._criterion, self._rate, self._ranking, self._round_to, self._steps, self._sparsity,
+        return [self._rates_mode, self.target_form, self._criterion, self._rate, self._ranking, self._round_to, self._steps, self._sparsity,
                 self._sparse_epochs, self._bn_l1, self._mode, self._epochs, self._lr, self._batch,
                 self._device, self._amp]
 
@@ -314,6 +333,8 @@ class StrategyPanel(QWidget):
         """Show ``recipe``'s strategy in the widgets without emitting `changed`."""
         blockers = [QSignalBlocker(w) for w in self._inputs()]
         plan, sparse, tune = recipe.plan, recipe.sparse_training, recipe.finetune
+        self._rates_mode.setCurrentIndex(1 if recipe.search is not None else 0)
+        self.target_form.set_search(recipe.search or SearchOptions())
         index = self._criterion.findData(plan.criterion)
         self._criterion.setCurrentIndex(max(index, 0))
         # A recipe written by hand may go past the usual range: widen it rather than clip the value.
@@ -351,6 +372,9 @@ class StrategyPanel(QWidget):
         recipe.finetune.epochs = self._epochs.value()
         recipe.finetune.lr = self._lr.value()
         recipe.data.batch_size = self._batch.value()
+        recipe.search = self.target_form.search_options() if self.target_mode else None
+        if self.target_mode:
+            recipe.retrain = False                 # trials fine-tune; retraining does not apply
         # Both trainings run on the same hardware.
         for cfg in (recipe.sparse_training, recipe.finetune):
             cfg.device = self._device.currentData()
@@ -372,6 +396,14 @@ class StrategyPanel(QWidget):
     def prediction_text(self) -> str:
         """The prediction as shown, one line per figure (for the status bar and tests)."""
         return f"Params {self._pred_params.text()}\nMACs {self._pred_macs.text()}"
+
+    @property
+    def target_mode(self) -> bool:
+        """True when the user asks for a target instead of setting rates."""
+        return bool(self._rates_mode.currentData())
+
+    def set_target_mode(self, on: bool) -> None:
+        self._rates_mode.setCurrentIndex(1 if on else 0)
 
     def set_editable(self, editable: bool) -> None:
         """Enable or disable every strategy field (disabled while a job runs)."""
@@ -408,3 +440,12 @@ class StrategyPanel(QWidget):
         self._device.setEnabled(training)
         device = self._device.currentData() or ""
         self._amp.setEnabled(training and (device == "auto" or device.startswith("cuda")))
+        # Target mode: the allocation sets per-layer rates, and each trial fine-tunes.
+        target = self.target_mode
+        for widget in (self._rate, self._ranking, self._steps):
+            self._pruning_form.setRowVisible(widget, not target)
+        self._target_box_form.parentWidget().setVisible(target)
+        self._mode.setEnabled(tuning and not target)
+        label = self._after_form.labelForField(self._epochs)
+        if label is not None:
+            label.setText("Epochs per trial" if target else "Epochs")

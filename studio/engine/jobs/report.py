@@ -12,7 +12,6 @@ a report shows, so that both renderers only add their own markup.
 from __future__ import annotations
 
 import datetime
-import html
 import json
 import math
 from pathlib import Path
@@ -20,16 +19,30 @@ from typing import Callable, NamedTuple, Optional
 
 from studio.engine.errors import StudioError
 from studio.engine.files import write_text
+from studio.engine.jobs.report_format import (
+    COLORS,
+    delta_pt,
+    escape,
+    finite,
+    human_bytes,
+    human_count,
+    human_ms,
+    human_pct,
+    nice_ticks,
+    ratio_text,
+    tick_label,
+)
+from studio.engine.jobs.report_search import (
+    TRIAL_COLUMNS,
+    pareto_chart,
+    search_rows,
+    sensitivity_chart,
+    sensitivity_table,
+    trial_rows,
+)
 
 STAGES = (("before", "Before"), ("pruned", "Pruned"), ("after", "Fine-tuned"))
 PHASE_TITLES = {"sparse-train": "Sparse training", "fine-tune": "Fine-tuning", "retrain": "Retraining from scratch"}
-COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
-MINUS = "\u2212"
-
-
-def escape(value) -> str:
-    """``str(value)`` escaped for HTML text and attribute values (quotes included)."""
-    return html.escape(str(value), quote=True)
 
 
 _e = escape   # the short name the markup below uses
@@ -37,73 +50,6 @@ _e = escape   # the short name the markup below uses
 
 # ---------------------------------------------------------------------------------------------
 # number formatting
-
-def finite(value) -> Optional[float]:
-    """A finite float, or None for anything missing, non-numeric (bools included) or NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _sig3(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
-
-
-def _scaled(value, units) -> str:
-    v = finite(value)
-    if v is None:
-        return "—"
-    a = abs(v)
-    sign = MINUS if v < 0 else ""
-    for i, (suffix, scale) in enumerate(units):
-        if scale == 1 and a == int(a):
-            text = str(int(a))
-        else:
-            text = _sig3(a / scale)
-        # move up a unit when rounding reaches 1000 (999 999 → "1.00 M", not "1000 K")
-        if float(text) < 1000 or i == len(units) - 1:
-            return f"{sign}{text}{suffix}"
-    raise AssertionError("unreachable")
-
-
-def human_count(value) -> str:
-    """272474 → '272 K', 41_000_000 → '41.0 M'."""
-    return _scaled(value, (("", 1), (" K", 1e3), (" M", 1e6), (" G", 1e9), (" T", 1e12)))
-
-
-def human_bytes(value) -> str:
-    """1_100_000 → '1.10 MB' (decimal units, as file managers show them)."""
-    return _scaled(value, ((" B", 1), (" kB", 1e3), (" MB", 1e6), (" GB", 1e9), (" TB", 1e12)))
-
-
-def human_ms(value) -> str:
-    v = finite(value)
-    return "—" if v is None else f"{v:.3g} ms"
-
-
-def human_pct(fraction) -> str:
-    v = finite(fraction)
-    return "—" if v is None else f"{v * 100:.1f}%"
-
-
-def ratio_text(before, after, better: str, worse: str) -> str:
-    """'2.01× fewer' when after is smaller; '1.20× more' when larger; '' when unknown."""
-    b, a = finite(before), finite(after)
-    if b is None or a is None or a <= 0 or b <= 0:
-        return ""
-    if abs(b - a) / b < 0.005:
-        return "no change"
-    return f"{b / a:.2f}× {better}" if b > a else f"{a / b:.2f}× {worse}"
-
-
-def delta_pt(before, after) -> str:
-    """Accuracy change in percentage points: '−0.8 pt', '+0.3 pt'."""
-    b, a = finite(before), finite(after)
-    if b is None or a is None:
-        return ""
-    d = (a - b) * 100
-    return f"{'+' if d >= 0 else MINUS}{abs(d):.1f} pt"
 
 
 def _when(created) -> str:
@@ -132,24 +78,6 @@ def latency_batches(stages: list) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # SVG charts
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list:
-    """Round tick values (steps of 1, 2, 2.5 or 5 × 10^n) that cover [lo, hi]."""
-    if hi <= lo:
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    raw = (hi - lo) / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    start, end = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    return [start + i * step for i in range(int(round((end - start) / step)) + 1)]
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
-    if decimals and abs(step * 10 ** decimals - round(step * 10 ** decimals)) > 1e-6:
-        decimals += 1   # steps like 0.25 need one more digit
-    return f"{value:.{decimals}f}".replace("-", MINUS)
 
 
 def line_chart(title: str, series: list, *, y_unit: str = "", width: int = 460, height: int = 250) -> str:
@@ -184,7 +112,7 @@ def line_chart(title: str, series: list, *, y_unit: str = "", width: int = 460, 
         y = py(t)
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
-                   f'{_e(_tick_label(t, step) + y_unit)}</text>')
+                   f'{_e(tick_label(t, step) + y_unit)}</text>')
     # whole epochs only, thinned so labels never collide
     first, last = math.ceil(min(xs)), math.floor(max(xs))
     every = max(1, math.ceil((last - first + 1) / 10))
@@ -571,6 +499,19 @@ def _warnings(metrics: dict) -> str:
     return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>' if items else ""
 
 
+def _search(metrics: dict) -> str:
+    rows = search_rows(metrics)
+    if not rows:
+        return ""
+    facts = "".join(f"<dt>{_e(label)}</dt><dd>{_e(value)}</dd>" for label, value in rows)
+    charts = "".join(c for c in (pareto_chart(metrics), sensitivity_chart(metrics)) if c)
+    columns, sens_rows = sensitivity_table(metrics)
+    sens = ("<h3>Sensitivity: top-1 points lost with only that group pruned</h3>" +
+            _table(columns, sens_rows, numeric=range(1, len(columns)), mono=(0,))) if sens_rows else ""
+    return (f'<h2>Target search</h2><dl class="meta">{facts}</dl><div class="charts">{charts}</div>'
+            "<h3>Trials</h3>" + _table(TRIAL_COLUMNS, trial_rows(metrics), numeric=(1, 4, 5, 8)) + sens)
+
+
 def _recipe(recipe: Optional[dict]) -> str:
     if not recipe:
         return ""
@@ -585,7 +526,8 @@ def render_report(metrics: dict, recipe: Optional[dict] = None) -> str:
     title = report_title(metrics)
     version = metrics.get("studio_version")
     body = "\n".join(part for part in (
-        _header(metrics), _cards(metrics), _stage_table(metrics), _history_charts(metrics), _layers(metrics),
+        _header(metrics), _cards(metrics), _stage_table(metrics), _search(metrics), _history_charts(metrics),
+        _layers(metrics),
         _exports(metrics), _plan(metrics), _warnings(metrics), _recipe(recipe)) if part)
     footer = f"Generated by Compression Studio{(' ' + _e(version)) if version else ''}."
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -91,6 +91,18 @@ def _adopt(run_dir: Path, out_dir: Path) -> None:
     run_dir.rmdir()
 
 
+def _compact_sensitivity(path: Path) -> Optional[dict]:
+    """What the report shows of the analysis: per-group curves and fits, and its cost."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keep = ("criterion", "rates", "images", "base_top1", "seconds", "probes", "seconds_per_probe")
+    return {**{k: data.get(k) for k in keep},
+            "groups": [{k: g.get(k) for k in ("root", "layers", "channels", "top1", "fit", "fit_base")}
+                       for g in data.get("groups") or []]}
+
+
 def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, resume: bool = False,
                loaded: Optional[LoadedModel] = None, bundle: Optional[DataBundle] = None
                ) -> Generator[object, None, RunResult]:
@@ -125,6 +137,7 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     _adopt(out_dir / WINNER_FOLDER, out_dir)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     metrics["search"] = {**found.summary, "method": recipe.search.method,
+                         "sensitivity": _compact_sensitivity(out_dir / SENSITIVITY_FILE),
                          "files": {"trials": TRIALS_FILE, "sensitivity": SENSITIVITY_FILE, "search": SEARCH_FILE}}
     write_text(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     write_report(out_dir)

@@ -1,0 +1,171 @@
+"""Benchmark: sensitivity analysis time, and allocated per-layer rates against one uniform rate.
+
+1. The full sensitivity analysis of the model (every prunable group, the rate grid, N
+   validation images), timed from scratch (no cache), with the time per probe.
+2. At the same MACs reduction (--target, default macs=2x) and the same fine-tuning budget,
+   the rates the allocation chooses against one uniform rate for every layer (found by
+   bisection so that its MACs match the target as closely as the allocation's), for each
+   seed: prune, top-1 with no training, fine-tune (--epochs, SGD cosine), top-1 again.
+   Both arms use the same seed, data order and schedule; only the rates differ.
+
+    .venv/bin/python bench/search.py --model demo --data demo --epochs 2 --seeds 0,1,2 \\
+        --results bench/results/search.json
+    # smoke run
+    .venv/bin/python bench/search.py --model cifar:resnet20 --data synthetic --images 64 \\
+        --rates 0.3,0.6 --epochs 1 --max-steps 2 --seeds 0 --results /tmp/search.json
+
+Results go to --results as JSON (written when complete) and a Markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studio.engine.data import check_compatible, load_data  # noqa: E402
+from studio.engine.events import Log, run_to_end  # noqa: E402
+from studio.engine.files import write_text  # noqa: E402
+from studio.engine.methods.allocate import FigureMeter, allocate, plan_for  # noqa: E402
+from studio.engine.methods.sensitivity import DEFAULT_RATES, analyse, calibration_split  # noqa: E402
+from studio.engine.methods.targets import LatencySetting, parse_targets  # noqa: E402
+from studio.engine.models import load_model  # noqa: E402
+from studio.engine.pruning import PruningPlan, estimate, prune  # noqa: E402
+from studio.engine.training import TrainConfig, evaluate, seed_everything, train  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
+
+def log(text: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def uniform_rate_for(model, example, goal_macs: float) -> float:
+    """The one per-layer rate whose MACs are closest to ``goal_macs`` (bisection, then the nearer end)."""
+    low, high = 0.0, 0.95
+    for _ in range(20):
+        mid = (low + high) / 2
+        _, macs = estimate(model, PruningPlan(rate=mid), example)
+        low, high = (low, mid) if macs <= goal_macs else (mid, high)
+    ends = [(abs(estimate(model, PruningPlan(rate=r), example)[1] - goal_macs), r) for r in (low, high)]
+    return round(min(ends)[1], 4)
+
+
+def arm(model, plan, example, bundle, cfg, seed, eval_batches, calibration) -> dict:
+    """Prune by ``plan``, then top-1 before and after fine-tuning with ``cfg`` and ``seed``."""
+    pruned = run_to_end(prune(model, plan, example, calibration=calibration))
+    net = pruned.model.cpu()
+
+    def top1() -> float:
+        return run_to_end(evaluate(net, bundle.val, device="cpu", batch_size=cfg.batch_size,
+                                   max_batches=eval_batches)).top1
+    before = top1()
+    seed_everything(seed)
+    started = time.perf_counter()
+    run_to_end(train(net, bundle.train, None, replace(cfg, seed=seed), phase="fine-tune"))
+    net = net.cpu()
+    return {"macs": pruned.macs_after, "params": pruned.params_after, "top1_pruned": before, "top1": top1(),
+            "finetune_seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", default="demo")
+    p.add_argument("--target", default="macs=2x")
+    p.add_argument("--criterion", default="l1")
+    p.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)))
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--eval-batches", type=int)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--results", default="bench/results/search.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model)
+    size = tuple(loaded.input_size)
+    bundle = load_data("synthetic:classes=10,size=3x32x32,train=256,val=128" if args.data == "synthetic"
+                       else args.data, input_size=size, channels=size[0])
+    check_compatible(bundle, num_classes=loaded.num_classes, input_size=size)
+    model = loaded.module.eval()
+    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    rates = [float(r) for r in args.rates.split(",")]
+
+    log(f"sensitivity: {args.model}, {args.images} images, rates {rates}")
+    batches = calibration_split(bundle.val, args.images, 250)
+    curves = run_to_end(analyse(model, size, batches, criterion=args.criterion, rates=rates),
+                        lambda e: log(e.message) if isinstance(e, Log) else None)
+
+    targets = parse_targets([args.target])
+    meter = FigureMeter(model, size, targets, LatencySetting())
+    met, _ = allocate(curves, meter, PruningPlan(criterion=args.criterion, rate=0.0))
+    allocated = plan_for(curves, met.group_rates, PruningPlan(criterion=args.criterion, rate=0.0))
+    uniform_rate = uniform_rate_for(model, example, met.figures[targets[0].kind])
+    uniform = PruningPlan(criterion=args.criterion, rate=uniform_rate)
+    log(f"allocated MACs {met.figures['macs']:,.0f}; uniform rate {uniform_rate}")
+
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      max_steps_per_epoch=args.max_steps, device="cpu")
+    calibration = calibration_split(bundle.train, 128, 32)
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name, plan in (("uniform", uniform), ("allocated", allocated)):
+            log(f"seed {seed}: {name}")
+            rows.append({"seed": seed, "arm": name,
+                         **arm(model, plan, example, bundle, cfg, seed, args.eval_batches, calibration)})
+            log(f"  {rows[-1]}")
+    original = run_to_end(evaluate(model, bundle.val, device="cpu", max_batches=args.eval_batches)).top1
+    result = {
+        "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+        "machine": {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+                    "python": platform.python_version()},
+        "sensitivity": {"groups": len(curves.groups), "rates": rates, "images": curves.images,
+                        "probes": curves.probes, "seconds": curves.seconds,
+                        "seconds_per_probe": curves.seconds_per_probe},
+        "original_top1": original, "uniform_rate": uniform_rate,
+        "allocated_layer_rates": allocated.layer_rates, "rows": rows,
+    }
+    out = Path(args.results)
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    s = result["sensitivity"]
+    lines = [f"Sensitivity: {s['groups']} groups × {len(s['rates'])} rates on {s['images']} images: "
+             f"{s['seconds']:.1f} s ({s['seconds_per_probe'] * 1000:.0f} ms per probe).", "",
+             "| seed | arm | MACs | top-1 pruned | top-1 fine-tuned | fine-tune s |",
+             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['seed']} | {r['arm']} | {r['macs']:,} | {r['top1_pruned'] * 100:.2f} | "
+                     f"{r['top1'] * 100:.2f} | {r['finetune_seconds']:.0f} |")
+    by_arm = {a: [r["top1"] for r in result["rows"] if r["arm"] == a] for a in ("uniform", "allocated")}
+    mean = {a: sum(v) / len(v) for a, v in by_arm.items() if v}
+    gains = [b["top1"] - a["top1"] for a, b in zip(result["rows"][::2], result["rows"][1::2])]
+    lines.append("")
+    lines.append(f"Mean top-1 after fine-tuning: uniform {mean['uniform'] * 100:.2f} %, allocated "
+                 f"{mean['allocated'] * 100:.2f} %; allocated − uniform per seed: "
+                 + ", ".join(f"{g * 100:+.2f}" for g in gains) + " points "
+                 f"(original {result['original_top1'] * 100:.2f} %, uniform rate {result['uniform_rate']}).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    tempfile.tempdir = tempfile.gettempdir()
+    main()
