@@ -186,20 +186,26 @@ def _recipe_from_prune_args(args):
     return recipe
 
 
-def _run_job(recipe, out) -> int:
+def _drive(job):
+    """Run an engine job with a terminal progress bar (rank 0 only); leave a torchrun group after it."""
     from studio.engine.events import run_to_end
-    from studio.engine.jobs import run_recipe
     from studio.engine.training import cleanup_distributed, is_main_process
     from studio.progress import TerminalProgress
 
     show = TerminalProgress(enabled=is_main_process())
     finished = False
     try:
-        result = run_to_end(run_recipe(recipe, out), show)
+        result = run_to_end(job, show)
         finished = True
     finally:
         show.close()
         cleanup_distributed(after_error=not finished)
+    return result
+
+
+def _run_job(recipe, out) -> int:
+    from studio.engine.jobs import run_recipe
+    result = _drive(run_recipe(recipe, out))
     if result.run_dir is not None:
         m = result.metrics
         b, a = m["before"], m["after"]
@@ -298,19 +304,8 @@ def cmd_train(args) -> int:
 
 
 def _run_training(recipe, out: str, resume: bool) -> int:
-    from studio.engine.events import run_to_end
     from studio.engine.jobs import run_training
-    from studio.engine.training import cleanup_distributed, is_main_process
-    from studio.progress import TerminalProgress
-
-    show = TerminalProgress(enabled=is_main_process())
-    finished = False
-    try:
-        result = run_to_end(run_training(recipe, out, resume=resume), show)
-        finished = True
-    finally:
-        show.close()
-        cleanup_distributed(after_error=not finished)
+    result = _drive(run_training(recipe, out, resume=resume))
     if result.run_dir is not None:
         final = result.metrics.get("final") or {}
         if final:
@@ -357,19 +352,8 @@ def cmd_search(args) -> int:
 
 
 def _run_search(recipe, out, resume: bool) -> int:
-    from studio.engine.events import run_to_end
     from studio.engine.jobs.search import run_search
-    from studio.engine.training import cleanup_distributed, is_main_process
-    from studio.progress import TerminalProgress
-
-    show = TerminalProgress(enabled=is_main_process())
-    finished = False
-    try:
-        result = run_to_end(run_search(recipe, out, resume=resume), show)
-        finished = True
-    finally:
-        show.close()
-        cleanup_distributed(after_error=not finished)
+    result = _drive(run_search(recipe, out, resume=resume))
     if result.run_dir is not None:
         search, b, a = result.metrics["search"], result.metrics["before"], result.metrics["after"]
         print(f"winner: trial {search['winner']} of {len(search['trials'])}   "
@@ -382,11 +366,9 @@ def _run_search(recipe, out, resume: bool) -> int:
 
 def cmd_sensitivity(args) -> int:
     from studio.engine.data import check_compatible, load_data
-    from studio.engine.events import run_to_end
     from studio.engine.methods import MethodInput, get_method
     from studio.engine.methods.sensitivity import DEFAULT_RATES, SensitivityResult
     from studio.engine.models import load_model
-    from studio.progress import TerminalProgress
 
     loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
                         input_size=args.input_size)
@@ -396,12 +378,7 @@ def cmd_sensitivity(args) -> int:
     method = get_method("sensitivity")
     options = method.resolve_options({"criterion": args.criterion, "rates": list(args.rates or DEFAULT_RATES),
                                       "images": args.images})
-    show = TerminalProgress()
-    try:
-        out = run_to_end(method.run(MethodInput(loaded.module, input_size, data=bundle, work_dir=Path(args.out)),
-                                    options), show)
-    finally:
-        show.close()
+    out = _drive(method.run(MethodInput(loaded.module, input_size, data=bundle, work_dir=Path(args.out)), options))
     result = SensitivityResult.from_dict(out.summary["sensitivity"])
     print(f"unpruned top-1 {result.base_top1:.2%} on {result.images} images; "
           f"{result.probes} probes, {result.seconds_per_probe * 1000:.0f} ms each")

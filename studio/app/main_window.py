@@ -519,9 +519,7 @@ class MainWindow(QMainWindow):
     def _on_plan_changed(self) -> None:
         d = self.document
         if d.model is not None:
-            # In target mode the search chooses the rates: the graph shows none until it has.
-            rates = d.effective_rates() if d.recipe.search is None else {}
-            self.graph.set_rates(rates, d.protected())
+            self.graph.set_rates(self._shown_rates(), d.protected())
             self._on_selection(self.graph.selected_nodes())
         self.strategy.set_recipe(d.recipe)
         self._schedule_prediction()
@@ -534,11 +532,16 @@ class MainWindow(QMainWindow):
         if recipe.plan.criterion != old:   # importance scores depend on the criterion
             self.inspector.invalidate_histogram()
 
+    def _shown_rates(self) -> dict:
+        """The rates the graph and inspector show: in target mode the search will choose them, so none."""
+        d = self.document
+        return d.effective_rates() if d.recipe.search is None else {}
+
     def _on_selection(self, names: list) -> None:
         d = self.document
         if d.model is None:
             return
-        self.inspector.show_selection(d.model.layer_graph, list(names), d.effective_rates(), d.protected())
+        self.inspector.show_selection(d.model.layer_graph, list(names), self._shown_rates(), d.protected())
         if names:
             self.docks["inspector"].raise_()
 
@@ -559,7 +562,7 @@ class MainWindow(QMainWindow):
         criterion = get_criterion(d.recipe.plan.criterion)
         key = (layer, criterion.name)
         if key in self._scores:   # scores depend on the criterion, not on the rate: no need to rescore
-            self.inspector.show_histogram(layer, self._scores[key], d.effective_rates().get(layer, 0.0))
+            self.inspector.show_histogram(layer, self._scores[key], self._shown_rates().get(layer, 0.0))
             return
         calibration = None
         if criterion.needs_data:
@@ -581,7 +584,7 @@ class MainWindow(QMainWindow):
                 return
             self._scores[key] = scores
             if layer in self.graph.selected_nodes():
-                self.inspector.show_histogram(layer, scores, self.document.effective_rates().get(layer, 0.0))
+                self.inspector.show_histogram(layer, scores, self._shown_rates().get(layer, 0.0))
 
         def failed(exc: BaseException, details: str) -> None:
             self.inspector.show_histogram_message(str(exc) if isinstance(exc, StudioError)

@@ -92,6 +92,9 @@ class TargetForm(QWidget):
                                 "the graph by the top-1 each loses (the search does this first; cached).")
         form.addRow(self.analyse)
         for combo in (self.kind, self.method):
+            # Size by a short text, as the strategy panel's other menus, so the panel stays narrow.
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
             combo.currentIndexChanged.connect(self._edited)
         self.value.editingFinished.connect(self._edited)
         for spin in (self.max_drop, self.max_trials):

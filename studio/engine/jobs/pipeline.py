@@ -121,6 +121,32 @@ def json_safe(value):
     return value
 
 
+def load_job_inputs(recipe: Recipe, loaded: Optional[LoadedModel], bundle: Optional[DataBundle]
+                    ) -> Generator[object, None, tuple]:
+    """The recipe's model and data (or the ones given), checked against each other and the plan.
+
+    Everything that can be refused is refused here, before any slow step runs.
+    """
+    yield Phase("analyse", "Loading the model and data")
+    if loaded is None:
+        m = recipe.model
+        loaded = load_model(m.spec, arch=m.arch, num_classes=m.num_classes, trust=m.trust,
+                            input_size=tuple(m.input_size) if m.input_size else None)
+    if not loaded.prunable:
+        raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
+    input_size = tuple(loaded.input_size)
+    get_criterion(recipe.plan.criterion)
+    recipe.plan.validate(loaded.module)
+    if bundle is None and recipe.data.spec:
+        bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
+    if bundle is not None:
+        check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
+    yield Log(f"Model: {loaded.summary()}")
+    if bundle is not None:
+        yield Log(f"Data: {bundle.summary()}")
+    return loaded, bundle
+
+
 def _snapshot(label: str, values) -> MetricsSnapshot:
     return MetricsSnapshot(label, values.to_dict())
 
@@ -145,24 +171,8 @@ def _run(recipe, staging, token, loaded, bundle, started):
     main = staging is not None
     seed_everything(recipe.seed)
 
-    yield Phase("analyse", "Loading the model and data")
-    if loaded is None:
-        m = recipe.model
-        loaded = load_model(m.spec, arch=m.arch, num_classes=m.num_classes, trust=m.trust,
-                            input_size=tuple(m.input_size) if m.input_size else None)
-    if not loaded.prunable:
-        raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
+    loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
     input_size = tuple(loaded.input_size)
-    # Check the plan against the real layers now, before any slow step runs.
-    get_criterion(recipe.plan.criterion)
-    recipe.plan.validate(loaded.module)
-    if bundle is None and recipe.data.spec:
-        bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
-    if bundle is not None:
-        check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
-    yield Log(f"Model: {loaded.summary()}")
-    if bundle is not None:
-        yield Log(f"Data: {bundle.summary()}")
 
     warnings = list(find_tracing_hazards(loaded.module, input_size))
     for w in warnings:

@@ -17,17 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Generator, Optional
 
-from studio.engine.data import DataBundle, check_compatible, load_data
+from studio.engine.data import DataBundle
 from studio.engine.errors import StudioError
-from studio.engine.events import CancelToken, Log, Phase
+from studio.engine.events import CancelToken, Log
 from studio.engine.files import write_text
-from studio.engine.jobs.pipeline import RunResult, json_safe, run_recipe
+from studio.engine.jobs.pipeline import RunResult, json_safe, load_job_inputs, run_recipe
 from studio.engine.jobs.recipe import Recipe
 from studio.engine.jobs.report import write_report
 from studio.engine.methods import MethodInput, get_method
 from studio.engine.methods.search import TRIALS_FILE
 from studio.engine.methods.sensitivity import FILE_NAME as SENSITIVITY_FILE
-from studio.engine.models import LoadedModel, load_model
+from studio.engine.models import LoadedModel
 from studio.engine.training import is_main_process, seed_everything
 
 SEARCH_FILE = "search.json"
@@ -67,20 +67,6 @@ def winner_recipe(recipe: Recipe, plan) -> Recipe:
     return winner
 
 
-def _load(recipe: Recipe, loaded: Optional[LoadedModel], bundle: Optional[DataBundle]):
-    if loaded is None:
-        m = recipe.model
-        loaded = load_model(m.spec, arch=m.arch, num_classes=m.num_classes, trust=m.trust,
-                            input_size=tuple(m.input_size) if m.input_size else None)
-    if not loaded.prunable:
-        raise StudioError(f"This model cannot be pruned: {loaded.why_not_prunable}", "")
-    input_size = tuple(loaded.input_size)
-    if bundle is None:
-        bundle = load_data(recipe.data.spec, input_size=input_size, channels=input_size[0])
-    check_compatible(bundle, num_classes=loaded.num_classes, input_size=input_size)
-    return loaded, bundle
-
-
 def _adopt(run_dir: Path, out_dir: Path) -> None:
     """Move a finished run folder's files up into the search folder."""
     for item in run_dir.iterdir():
@@ -117,11 +103,7 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     if main:
         prepare_search_folder(out_dir, recipe, resume)
     seed_everything(recipe.seed)
-    yield Phase("analyse", "Loading the model and data")
-    loaded, bundle = _load(recipe, loaded, bundle)
-    recipe.plan.validate(loaded.module)
-    yield Log(f"Model: {loaded.summary()}")
-    yield Log(f"Data: {bundle.summary()}")
+    loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
     method = get_method(recipe.search.method)
     options = recipe.search.method_options(recipe.measure.device, recipe.data.eval_batches)
     finetune = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
