@@ -35,7 +35,7 @@ from studio.engine.jobs.report import write_report
 from studio.engine.metrics import measure
 from studio.engine.models import LoadedModel, load_model, save_checkpoint
 from studio.engine.pruning import PruneResult, get_criterion, prune
-from studio.engine.training import is_main_process, seed_everything, train
+from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
 
 
 @dataclass
@@ -203,7 +203,8 @@ def _run(recipe, staging, token, loaded, bundle, started):
     if recipe.sparse_training.epochs > 0:
         cfg = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
                       seed=recipe.seed)
-        trained = yield from train(work, bundle.train, eval_set, cfg, phase="sparse-train", token=token)
+        trained = yield from train(work, bundle.train, eval_set, cfg, phase="sparse-train", token=token,
+                                   fixed_zeros=FixedZeros.of(work))
         history["sparse-train"] = trained.history
         work = work.cpu()
 
@@ -216,6 +217,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
 
     if recipe.finetune.epochs > 0:
         phase = "fine-tune"
+        zeros = FixedZeros.of(model)   # before a re-initialisation: the zeros of pruning stay zeros
         if recipe.retrain:
             # Keep the pruned architecture, drop what the weights learnt (UCP, Chang et al. 2020).
             phase = "retrain"
@@ -224,7 +226,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
             yield Log("Weights re-initialised: retraining the pruned architecture from scratch.")
         cfg = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
                       seed=recipe.seed)
-        tuned = yield from train(model, bundle.train, eval_set, cfg, phase=phase, token=token)
+        tuned = yield from train(model, bundle.train, eval_set, cfg, phase=phase, token=token, fixed_zeros=zeros)
         history[phase] = tuned.history
         model = model.cpu().eval()
 
@@ -236,7 +238,9 @@ def _run(recipe, staging, token, loaded, bundle, started):
             yield _snapshot("after", after)
         exports = yield from export_model(
             model, staging, formats=tuple(recipe.exports), example_input=example, arch=loaded.arch,
-            num_classes=loaded.num_classes, input_size=input_size, pruning_history=pruned.history,
+            num_classes=loaded.num_classes, input_size=input_size,
+            # A model pruned before (a studio checkpoint) is rebuilt from both histories, in order.
+            pruning_history=[*loaded.pruning_history, *pruned.history],
             trained=loaded.trained, token=token)
         yield Phase("report", "Writing the run folder")
         metrics = {
@@ -333,6 +337,7 @@ def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken
         yield Log(f"Data: {bundle.summary()}")
         model = copy.deepcopy(loaded.module)
         result = yield from train(model, bundle.train, bundle.val, cfg, phase="train", token=token,
+                                  fixed_zeros=FixedZeros.of(model),
                                   resume=state, save_state=lambda s: _write_train_state(state_path, {**s, "job": job}))
         model = model.cpu().eval()
         metrics = {}
@@ -342,7 +347,8 @@ def run_training(recipe: TrainingRecipe, out_dir, *, token: Optional[CancelToken
             note = (f"trained by `studio train` for {cfg.epochs} epochs on {bundle.summary()}; "
                     f"top-1 {final['top1'] * 100:.2f}%" if final else f"trained for {cfg.epochs} epochs")
             save_checkpoint(staging / "model.ckpt.pt", model, arch=loaded.arch, num_classes=loaded.num_classes,
-                            input_size=input_size, pruning_history=[], trained=True, note=note)
+                            input_size=input_size, pruning_history=loaded.pruning_history, trained=True,
+                            note=note)
             metrics = {"studio_version": studio.__version__,
                        "created": datetime.datetime.now().isoformat(timespec="seconds"),
                        "wall_seconds": round(time.perf_counter() - started, 2),

@@ -30,7 +30,7 @@ from studio.engine.methods.base import Method, MethodInput, MethodResult, Option
 from studio.engine.methods.sensitivity import DEFAULT_RATES, calibration_split, data_id, load_or_analyse
 from studio.engine.methods.targets import LatencySetting, measure_figure, parse_targets
 from studio.engine.pruning import PruningPlan, prune
-from studio.engine.training import TrainConfig, evaluate, train
+from studio.engine.training import FixedZeros, TrainConfig, evaluate, train
 
 TRIALS_FILE = "trials.jsonl"
 
@@ -100,7 +100,7 @@ class _Trials:
         cfg = self.inputs.finetune
         if cfg is not None and cfg.epochs > 0:
             yield from train(model, self.inputs.data.train, None, replace(cfg, seed=self.inputs.seed),
-                             phase=f"trial {k}", token=token)
+                             phase=f"trial {k}", token=token, fixed_zeros=FixedZeros.of(model))
             model = model.cpu().eval()
         top1 = yield from self.evaluate(model)
         original = self.meter.original

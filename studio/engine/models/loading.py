@@ -17,7 +17,7 @@ import sys
 import urllib.error
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -54,6 +54,7 @@ class LoadedModel:
     weights_note: str
     prunable: bool
     why_not_prunable: str = ""
+    pruning_history: list = field(default_factory=list)   # a studio checkpoint's: what shaped these layers
 
     @property
     def num_params(self) -> int:
@@ -374,7 +375,7 @@ def _load_checkpoint(obj: dict, spec: str, path: Path, arch: Optional[str],
         tuple(int(v) for v in stored_size) if stored_size else  # type: ignore[arg-type]
         (default_input(ck_arch) if ck_arch else CIFAR_INPUT),
         int(stored_classes) if stored_classes else 0, bool(obj.get("trained", True)),
-        f"weights from {path.name}" + (f" ({note})" if note else ""), True)
+        f"weights from {path.name}" + (f" ({note})" if note else ""), True, pruning_history=history)
 
 
 def _load_file(spec: str, path: Path, arch: Optional[str], num_classes: Optional[int],

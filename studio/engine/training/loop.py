@@ -31,6 +31,7 @@ from studio.engine.training.config import TRAIN_STATE_FORMAT, EvalResult, TrainC
 from studio.engine.training.devices import is_oom, oom_error, seed_everything, select_device
 from studio.engine.training.distributed import init_distributed, sync_buffers, unwrap
 from studio.engine.training.evaluate import check_not_empty, eval_loop, eval_source, logits_of
+from studio.engine.training.fixed_zeros import FixedZeros
 
 
 def _check_resumable(state: Any, cfg: TrainConfig) -> None:
@@ -187,6 +188,7 @@ class _Run:
     use_amp: bool
     channels_last: bool
     stats: _StepStats
+    zeros: list = field(default_factory=list)   # (parameter, mask) pairs held at zero (FixedZeros)
 
     @property
     def distributed(self) -> bool:
@@ -210,8 +212,12 @@ class _Progress:
 def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Dataset], cfg: TrainConfig, *,
           phase: str = "fine-tune", token: Optional[CancelToken] = None,
           loaders: Optional[tuple] = None, resume: Optional[dict] = None,
-          save_state: Optional[Callable[[dict], None]] = None) -> Generator[Any, None, TrainResult]:
+          save_state: Optional[Callable[[dict], None]] = None,
+          fixed_zeros: Optional[FixedZeros] = None) -> Generator[Any, None, TrainResult]:
     """Train ``model`` in place with ``cfg``; yield progress events and return a `TrainResult`.
+
+    ``fixed_zeros`` (from `FixedZeros.of`, taken before any re-initialisation) holds those
+    weights at zero throughout: a sparse model stays exactly as sparse.
 
     ``loaders`` = ``(train_loader, val_loader_or_None)`` replaces the loaders built from
     ``train_set`` / ``val_set`` (under DDP the caller then shards them; validation sums
@@ -226,6 +232,9 @@ def train(model: nn.Module, train_set: Optional[Dataset], val_set: Optional[Data
     cfg.validate()
     t_start = time.perf_counter()
     run = _set_up(model, train_set, val_set, cfg, phase, token or NEVER_CANCELLED, loaders, resume)
+    if fixed_zeros is not None:
+        run.zeros = fixed_zeros.bind(model)
+        FixedZeros.apply(run.zeros)        # a re-initialised model gets its zeros back before step one
     yield Phase(phase)
     if run.main:
         yield from _announce(run)
@@ -314,7 +323,8 @@ def _announce(run: _Run) -> Generator[Any, None, None]:
               f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), AMP {'on' if run.use_amp else 'off'}"
               f"{', channels_last' if run.channels_last else ''}"
               f"{f', data and augmentation on {run.device}' if isinstance(run.train_loader, DeviceBatches) else ''}"
-              f"{f', BN L1 {cfg.bn_l1:g}' if run.bn_scales else ''}.")
+              f"{f', BN L1 {cfg.bn_l1:g}' if run.bn_scales else ''}"
+              f"{', zero weights held at zero' if run.zeros else ''}.")
     if cfg.bn_l1 > 0 and not run.bn_scales:
         yield Log("bn_l1 is set but the model has no trainable BatchNorm scales; it has no effect.",
                   "warning")
@@ -449,6 +459,8 @@ def _step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
             torch._foreach_add_(grads, signs, alpha=run.cfg.bn_l1)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.zeros:
+            FixedZeros.apply(run.zeros)     # Deep Compression: the pruned weights stay pruned
     except RuntimeError as exc:
         if is_oom(exc):
             raise oom_error(exc, run.cfg.batch_size, "training") from exc
