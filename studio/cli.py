@@ -129,8 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder/spec (validation split scores, training split tunes)")
     p.add_argument("--target", action="append", default=[], metavar="KIND=VALUE",
                    help="macs=2x, macs=20M, params=0.5x, size=100kB, latency=3ms (repeatable: all must be met)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="points of top-1 the result may lose (default 1.0)")
-    p.add_argument("--method", default="allocate", help="search method (default allocate)")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="points of top-1 the result may lose (default 1.0; size=min needs it given)")
+    p.add_argument("--method", default="allocate", choices=["allocate", "heuristic", "grid"],
+                   help="allocate: per-layer rates for a target from sensitivity curves; heuristic / grid: "
+                        "structured + unstructured rates pushed to the floor for size=min")
+    p.add_argument("--resolution", type=float, default=0.1, help="heuristic and grid: step between rates tried")
+    p.add_argument("--sparse-epochs", type=int, default=0,
+                   help="sparse training (L1 on BN scales) before the trials, as network slimming does")
+    p.add_argument("--bn-l1", type=float, default=1e-4, help="L1 strength on BN scales during sparse training")
     p.add_argument("--trial-epochs", type=int, default=1, help="fine-tuning epochs per trial and for the winner")
     p.add_argument("--max-trials", type=int, default=6)
     p.add_argument("--criterion", default="l1", help="importance criterion (see `studio criteria`)")
@@ -332,12 +339,14 @@ def _recipe_from_search_args(args):
         plan=PruningPlan(criterion=args.criterion, rate=0.0, protected=list(args.protect), round_to=args.round_to),
         finetune=TrainConfig(epochs=args.trial_epochs, lr=args.lr, device=args.device,
                              max_steps_per_epoch=args.max_steps),
+        sparse_training=TrainConfig(epochs=args.sparse_epochs, bn_l1=args.bn_l1, lr=args.lr, device=args.device,
+                                    max_steps_per_epoch=args.max_steps),
         measure=MeasureOptions(device=args.latency_device, batch_sizes=[args.latency_batch]),
         exports=[f.strip() for f in args.export.split(",") if f.strip()],
         seed=args.seed,
         search=SearchOptions(method=args.method, targets=list(args.target), max_drop=args.max_drop,
                              max_trials=args.max_trials, rates=list(args.rates or DEFAULT_RATES),
-                             images=args.images, latency_batch=args.latency_batch),
+                             images=args.images, latency_batch=args.latency_batch, resolution=args.resolution),
     )
     recipe.validate()
     return recipe

@@ -59,7 +59,7 @@ class MeasureOptions:
     runs: int = 20
 
 
-SEARCH_METHODS = ("allocate",)
+SEARCH_METHODS = ("allocate", "heuristic", "grid")
 
 
 @dataclass
@@ -72,19 +72,23 @@ class SearchOptions:
     """
     method: str = "allocate"
     targets: list = field(default_factory=lambda: ["macs=2x"])
-    max_drop: float = 1.0                 # points of top-1 the result may lose
+    max_drop: Optional[float] = 1.0       # points of top-1 the result may lose (size=min needs one)
     max_trials: int = 6
     tolerance: float = 0.02
     rates: list = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     images: int = 1000                    # validation images per sensitivity probe
     latency_batch: int = 1                # latency targets: batch size (device: measure.device)
+    resolution: float = 0.1               # heuristic and grid: the step between the rates tried
 
     def method_options(self, latency_device: str, eval_batches: Optional[int]) -> dict:
-        """The options the search method takes, checked by the method itself."""
-        return get_method(self.method).resolve_options({
-            "targets": list(self.targets), "max_drop": self.max_drop, "max_trials": self.max_trials,
-            "tolerance": self.tolerance, "rates": list(self.rates), "images": self.images,
-            "eval_batches": eval_batches or 0, "latency_device": latency_device, "latency_batch": self.latency_batch})
+        """The options the search method takes (those it declares), checked by the method itself."""
+        method = get_method(self.method)
+        given = {"targets": list(self.targets), "max_drop": 1.0 if self.max_drop is None else self.max_drop,
+                 "max_trials": self.max_trials, "tolerance": self.tolerance, "rates": list(self.rates),
+                 "images": self.images, "eval_batches": eval_batches or 0, "latency_device": latency_device,
+                 "latency_batch": self.latency_batch, "resolution": self.resolution}
+        declared = {o.name for o in method.options}
+        return method.resolve_options({k: v for k, v in given.items() if k in declared})
 
 
 @dataclass
@@ -179,10 +183,16 @@ class Recipe:
                 raise StudioError(f"Unknown search method '{self.search.method}'.",
                                   f"Use one of: {', '.join(SEARCH_METHODS)}.")
             drop = self.search.max_drop
+            if drop is None and any(t.minimize for t in parse_targets(self.search.targets)):
+                raise StudioError("size=min pushes the size down as far as an accuracy floor allows, and no floor "
+                                  "was given.", "Give --max-drop (points of top-1 the result may lose), e.g. 1.0.")
             if isinstance(drop, (int, float)) and not isinstance(drop, bool) and drop < 0:
                 raise StudioError(f"search.max_drop {drop:g} puts the accuracy floor above the original accuracy, "
                                   "which no pruned model can reach.",
                                   "Give the points of top-1 the result may lose, e.g. 1.0 (0 keeps the original).")
+            if self.search.method == "allocate" and self.sparse_training.epochs > 0:
+                raise StudioError("The allocate method analyses the model as it is; it does not sparse-train first.",
+                                  "Set the sparse-training epochs to 0, or use --method heuristic or grid.")
             if self.retrain:
                 raise StudioError("A target search fine-tunes its trials; it cannot retrain from scratch.",
                                   "Set retrain to false.")

@@ -11,7 +11,7 @@ from typing import Optional
 
 from studio.engine.jobs.report_format import COLORS, MINUS, escape, finite, human_count, human_pct, nice_ticks
 
-TRIAL_COLUMNS = ("Trial", "Threshold", "Figures", "Reduction", "Top-1 pruned", "Top-1 tuned", "Targets", "Floor",
+TRIAL_COLUMNS = ("Trial", "Rates", "Figures", "Reduction", "Top-1 pruned", "Top-1 tuned", "Targets", "Floor",
                  "Time")
 _UNITS = {"macs": ("MACs", human_count), "params": ("params", human_count),
           "size": ("size", lambda v: f"{v / 1e3:.1f} kB"), "latency": ("latency", lambda v: f"{v:.2f} ms")}
@@ -60,7 +60,9 @@ def trial_rows(metrics: dict) -> list:
     for t in search["trials"]:
         ratios = ", ".join(f"{v:.2f}× {_UNITS.get(k, (k,))[0]}" for k, v in (t.get("ratios") or {}).items())
         mark = " ★" if t.get("trial") == search.get("winner") else ""
-        rows.append((f"{t.get('trial')}{mark}", f"{finite(t.get('tau')) or 0:.4f}", _figures_text(t.get("figures")),
+        where = (f"s {t['structured']:.2f}, u {t['unstructured']:.2f}" if "structured" in t
+                 else f"τ {finite(t.get('tau')) or 0:.4f}")
+        rows.append((f"{t.get('trial')}{mark}", where, _figures_text(t.get("figures")),
                      ratios, human_pct(t.get("top1_pruned")), human_pct(t.get("top1")),
                      "met" if t.get("met") else "missed", "ok" if t.get("floor_ok") else "under",
                      f"{finite(t.get('seconds')) or 0:.0f} s"))

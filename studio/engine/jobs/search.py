@@ -108,8 +108,10 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     options = recipe.search.method_options(recipe.measure.device, recipe.data.eval_batches)
     finetune = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
                        seed=recipe.seed)
+    sparse = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                     seed=recipe.seed)
     inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=recipe.plan,
-                         token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune)
+                         token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune, sparse_training=sparse)
     found = yield from method.run(inputs, options)
     winner = winner_recipe(recipe, found.plan)
     yield Log(f"Winner: trial {found.summary['winner']}; running its recipe for the final model and report.")

@@ -18,9 +18,17 @@ Adding a method is one module here that defines the class and decorates it with
 `Option` list. Methods may import every building-block wing (models, data, graph,
 pruning, training, metrics, export) but never ``studio.engine.jobs``.
 """
-from studio.engine.methods.base import (METHODS, Method, MethodInput, MethodResult, Option, get_method,
-                                        list_methods, register)
-from studio.engine.methods import search, sensitivity  # importing a method's module registers it
+from studio.engine.methods import rate_pairs, search, sensitivity  # importing a method's module registers it
+from studio.engine.methods.base import (
+                                        METHODS,
+                                        Method,
+                                        MethodInput,
+                                        MethodResult,
+                                        Option,
+                                        get_method,
+                                        list_methods,
+                                        register,
+)
 
 __all__ = ["METHODS", "Method", "MethodInput", "MethodResult", "Option", "get_method", "list_methods", "register",
-           "search", "sensitivity"]
+           "rate_pairs", "search", "sensitivity"]

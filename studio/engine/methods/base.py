@@ -89,6 +89,7 @@ class MethodInput:
     work_dir: Optional[Path] = None    # a folder the method may cache results in (e.g. the run folder)
     seed: int = 0
     finetune: Optional[TrainConfig] = None   # the training a method may spend (per search trial, recovery)
+    sparse_training: Optional[TrainConfig] = None   # training before pruning (network slimming's L1 on γ)
 
 
 @dataclass

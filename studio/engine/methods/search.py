@@ -30,7 +30,7 @@ from studio.engine.methods.base import Method, MethodInput, MethodResult, Option
 from studio.engine.methods.sensitivity import DEFAULT_RATES, calibration_split, data_id, load_or_analyse
 from studio.engine.methods.targets import LatencySetting, measure_figure, parse_targets
 from studio.engine.pruning import PruningPlan, prune
-from studio.engine.training import FixedZeros, TrainConfig, evaluate, train
+from studio.engine.training import FixedZeros, TrainConfig, evaluate, is_main_process, train
 
 TRIALS_FILE = "trials.jsonl"
 
@@ -49,8 +49,9 @@ def read_trials(work_dir: Optional[Path]) -> list[dict]:
     return trials
 
 
-def _append_trial(work_dir: Optional[Path], trials: list[dict]) -> None:
-    if work_dir:
+def write_trials(work_dir: Optional[Path], trials: list[dict]) -> None:
+    """Rewrite ``trials.jsonl`` with every finished trial (torchrun: rank 0 only)."""
+    if work_dir and is_main_process():
         write_text(Path(work_dir) / TRIALS_FILE, "".join(json.dumps(t) + "\n" for t in trials))
 
 
@@ -136,6 +137,10 @@ class TargetSearch(Method):
     def run(self, inputs: MethodInput, options: dict) -> Generator[object, None, MethodResult]:
         self.check_input(inputs)
         targets = parse_targets(options["targets"])
+        if any(t.minimize for t in targets):
+            raise StudioError("size=min is pushed to the accuracy floor by the heuristic or grid methods; the "
+                              "allocation needs a goal such as size=100kB or macs=2x.",
+                              "Use --method heuristic (or grid) with --target size=min.")
         latency = LatencySetting(options["latency_device"], options["latency_batch"])
         if any(t.kind == "latency" for t in targets):
             latency.check()
@@ -170,7 +175,7 @@ class TargetSearch(Method):
             yield Log(f"Trial {k}: threshold {met.tau:.4f} per group, predicted {figures_text(meter, met.figures)}.")
             record = yield from trials.run(k, met.tau, plan, met.figures, floor)
             done.append(record)
-            _append_trial(inputs.work_dir, done)
+            write_trials(inputs.work_dir, done)
             best = best_trial(done)
             yield TrialEnd(k, record, best["trial"] if best and best["floor_ok"] else None)
             if record["met"]:

@@ -39,6 +39,7 @@ from studio.engine.pruning import CRITERIA, find_classifier, get_criterion
 from studio.engine.pruning.masks import zeroed, zeroing_plan
 from studio.engine.pruning.plan import kept_channels
 from studio.engine.pruning.surgery import prepare_scores
+from studio.engine.training import is_main_process
 
 CACHE_FORMAT = "studio-sensitivity-1"
 DEFAULT_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -314,6 +315,8 @@ def load_or_analyse(model: nn.Module, input_size, batches: list, *, data_id: str
     result = yield from analyse(model, input_size, batches, criterion=criterion, rates=rates,
                                 round_to=round_to, token=token)
     result.key = key
+    if not is_main_process():
+        return result       # torchrun: every rank analyses alike; rank 0 writes
     text = json.dumps(result.to_dict(), indent=1) + "\n"
     if work_dir:
         write_text(Path(work_dir) / FILE_NAME, text)

@@ -26,7 +26,7 @@ _UNITS = {
     "size": {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3},
     "latency": {"ms": 1, "s": 1e3, "us": 1e-3, "µs": 1e-3},
 }
-_EXAMPLES = "macs=2x, macs=20M, params=0.5M, size=100kB or latency=3ms"
+_EXAMPLES = "macs=2x, macs=20M, params=0.5M, size=100kB, size=min or latency=3ms"
 _NUMBER = r"(?P<num>\d+(?:\.\d*)?|\.\d+)"
 
 
@@ -37,6 +37,7 @@ class Target:
     ratio: Optional[float] = None     # 2.0 for "2x": the figure must drop to 1/2 of the original
     value: Optional[float] = None     # absolute ceiling in MACs, parameters, bytes or milliseconds
     text: str = ""                    # what the user wrote, for messages and the report
+    minimize: bool = False            # "size=min": as small as the accuracy floor allows
 
     @classmethod
     def parse(cls, text: str) -> "Target":
@@ -48,6 +49,11 @@ class Target:
         if kind not in TARGET_KINDS:
             raise StudioError(f"Unknown target kind '{kind}'.",
                               f"Use one of: {', '.join(TARGET_KINDS)} (for example {_EXAMPLES}).")
+        if amount.lower() == "min":
+            if kind != "size":
+                raise StudioError(f"'{kind}=min' is not a target the studio can push to the floor.",
+                                  "Use size=min (structured + unstructured pruning), or a ratio such as macs=2x.")
+            return cls(kind, minimize=True, text="size=min")
         ratio = re.fullmatch(_NUMBER + r"\s*[x×]", amount, re.I)
         if ratio:
             r = float(ratio["num"])
@@ -67,7 +73,9 @@ class Target:
         return cls(kind, value=value, text=f"{kind}={amount}")
 
     def goal(self, original: float) -> float:
-        """The ceiling in base units, given the original model's figure."""
+        """The ceiling in base units, given the original model's figure (a minimised target has none)."""
+        if self.minimize:
+            return float("inf")
         return original / self.ratio if self.ratio is not None else float(self.value)
 
     def met(self, figure: float, original: float, tolerance: float = 0.0) -> bool:
