@@ -14,6 +14,15 @@
     .venv/bin/python bench/search.py --model cifar:resnet20 --data synthetic --images 64 \\
         --rates 0.3,0.6 --epochs 1 --max-steps 2 --seeds 0 --results /tmp/search.json
 
+3. With --size-min: the brute-force grid and the heuristic of Tian et al. (2022) for
+   ``size=min`` (structured rate by BN γ, then unstructured magnitude sparsity, pushed to the
+   accuracy floor) at the same resolution and per-trial budget: trials, wall time, and the
+   smallest size each finds that holds the floor; from the grid's own trials, the smallest
+   with structured pruning alone (u = 0) and with unstructured pruning alone (s = 0).
+
+    .venv/bin/python bench/search.py --size-min --model demo --data demo --resolution 0.1 \
+        --epochs 1 --max-steps 10 --max-drop 2 --results bench/results/size-min.json
+
 Results go to --results as JSON (written when complete) and a Markdown table on stdout.
 """
 from __future__ import annotations
@@ -95,8 +104,14 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--results", default="bench/results/search.json")
+    p.add_argument("--size-min", action="store_true", help="compare the heuristic and the grid for size=min")
+    p.add_argument("--resolution", type=float, default=0.1)
+    p.add_argument("--max-drop", type=float, default=2.0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.size_min:
+        size_min(args)
+        return
 
     loaded = load_model(args.model)
     size = tuple(loaded.input_size)
@@ -144,6 +159,64 @@ def main() -> None:
     out = Path(args.results)
     write_text(out, json.dumps(result, indent=2) + "\n")
     print(markdown(result))
+
+
+def size_min(args) -> None:
+    """The grid and the heuristic for size=min on the same model, data, resolution and trial budget."""
+    from studio.engine.jobs import DataSource, ModelSource, Recipe
+    from studio.engine.jobs.recipe import SearchOptions
+    from studio.engine.jobs.search import run_search
+
+    out = {"command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+           "machine": {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__},
+           "resolution": args.resolution, "max_drop": args.max_drop, "epochs": args.epochs,
+           "max_steps": args.max_steps}
+    root = Path(tempfile.mkdtemp(prefix="size-min-"))
+    for method in ("heuristic", "grid"):
+        recipe = Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
+                                                                       eval_batches=args.eval_batches),
+                        finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
+                                             device="cpu"),
+                        exports=["checkpoint"],
+                        search=SearchOptions(method=method, targets=["size=min"], max_drop=args.max_drop,
+                                             resolution=args.resolution))
+        log(f"{method}: searching")
+        started = time.perf_counter()
+        result = run_to_end(run_search(recipe, root / method),
+                            lambda e: log(e.message) if isinstance(e, Log) and "Trial" in e.message else None)
+        search = result.metrics["search"]
+        trials = search["trials"]
+        ok = [t for t in trials if t["floor_ok"]]
+        winner = next(t for t in trials if t["trial"] == search["winner"])
+        out[method] = {"trials": len(trials), "wall_seconds": round(time.perf_counter() - started, 1),
+                       "trial_seconds": round(sum(t["seconds"] for t in trials), 1),
+                       "best": {k: winner[k] for k in ("structured", "unstructured", "top1", "figures")},
+                       "original_size": search["original"]["size"], "floor": search["floor"]}
+        if method == "grid":
+            for name, axis in (("structured_only", lambda t: t["unstructured"] == 0),
+                               ("unstructured_only", lambda t: t["structured"] == 0)):
+                alone = [t for t in ok if axis(t)]
+                best = min(alone, key=lambda t: t["figures"]["size"]) if alone else None
+                out[name] = None if best is None else {k: best[k] for k in ("structured", "unstructured", "top1",
+                                                                              "figures")}
+            out["grid_trials"] = trials
+        log(f"{method}: {out[method]}")
+    write_text(Path(args.results), json.dumps(out, indent=2) + "\n")
+    h, g = out["heuristic"], out["grid"]
+    print(f"| method | trials | wall s | smallest size at the floor | s | u | top-1 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in (("heuristic", h), ("grid", g)):
+        b = r["best"]
+        print(f"| {name} | {r['trials']} | {r['wall_seconds']:.0f} | {b['figures']['size'] / 1e3:.1f} kB | "
+              f"{b['structured']:.2f} | {b['unstructured']:.2f} | {b['top1'] * 100:.1f} % |")
+    for name in ("structured_only", "unstructured_only"):
+        b = out[name]
+        print(f"| grid, {name.replace('_', ' ')} | | | "
+              + (f"{b['figures']['size'] / 1e3:.1f} kB | {b['structured']:.2f} | {b['unstructured']:.2f} | "
+                 f"{b['top1'] * 100:.1f} % |" if b else "none holds the floor | | | |"))
+    print(f"\nheuristic/grid: trials {h['trials'] / g['trials']:.3f}, wall time {h['wall_seconds'] / g['wall_seconds']:.3f} "
+          f"(trials alone {h['trial_seconds'] / max(g['trial_seconds'], 1e-9):.3f}), "
+          f"size {h['best']['figures']['size'] / g['best']['figures']['size']:.3f} "
+          f"(original {h['original_size'] / 1e3:.1f} kB, floor {h['floor'] * 100:.2f} %)")
 
 
 def markdown(result: dict) -> str:

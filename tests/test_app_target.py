@@ -111,3 +111,16 @@ def test_a_search_fills_the_trials_and_lands_its_rates_on_the_graph(qtbot, windo
     assert metrics["search"]["winner"] == 0 and 1.96 <= run.speedup_macs <= 2.2
     assert (run.path / "report.pdf").is_file()
     assert window.target.overlay.isVisible()          # the search's analysis colours the graph
+
+
+def test_the_target_form_takes_size_min_and_the_pair_methods(qtbot):
+    from studio.app.target_panel import TargetForm
+    form = TargetForm()
+    qtbot.addWidget(form)
+    form.set_search(SearchOptions(method="heuristic", targets=["size=min"], max_drop=1.5))
+    assert form.target_error() == "" and not form.error.isVisible()
+    options = form.search_options()
+    assert (options.method, options.targets, options.max_drop) == ("heuristic", ["size=min"], 1.5)
+    assert [form.method.itemData(i) for i in range(form.method.count())] == ["allocate", "heuristic", "grid"]
+    form.kind.setCurrentIndex(form.kind.findData("macs"))
+    assert "push to the floor" in form.target_error()
