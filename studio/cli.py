@@ -210,16 +210,24 @@ def _drive(job):
     return result
 
 
+def _print_outcome(metrics: dict) -> None:
+    """Params, MACs, compressed size and top-1 before → after, as a finished job prints them."""
+    b, a = metrics["before"], metrics["after"]
+    size = ""
+    if b.get("compressed_bytes") and a.get("compressed_bytes"):
+        size = (f"   size {b['compressed_bytes'] / 1e3:,.0f} kB → {a['compressed_bytes'] / 1e3:,.0f} kB "
+                f"({b['compressed_bytes'] / a['compressed_bytes']:.2f}× smaller)")
+    print(f"params {b['params']:,} → {a['params']:,}   MACs {b['macs']:,} → {a['macs']:,} "
+          f"({b['macs'] / max(a['macs'], 1):.2f}× fewer){size}")
+    if a.get("top1") is not None:
+        print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+
+
 def _run_job(recipe, out) -> int:
     from studio.engine.jobs import run_recipe
     result = _drive(run_recipe(recipe, out))
     if result.run_dir is not None:
-        m = result.metrics
-        b, a = m["before"], m["after"]
-        print(f"params {b['params']:,} → {a['params']:,}   MACs {b['macs']:,} → {a['macs']:,} "
-              f"({b['macs'] / max(a['macs'], 1):.2f}× fewer)")
-        if a.get("top1") is not None:
-            print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+        _print_outcome(result.metrics)
         print(f"run folder: {result.run_dir}  (open report.html)")
     return 0
 
@@ -364,11 +372,9 @@ def _run_search(recipe, out, resume: bool) -> int:
     from studio.engine.jobs.search import run_search
     result = _drive(run_search(recipe, out, resume=resume))
     if result.run_dir is not None:
-        search, b, a = result.metrics["search"], result.metrics["before"], result.metrics["after"]
-        print(f"winner: trial {search['winner']} of {len(search['trials'])}   "
-              f"MACs {b['macs'] / max(a['macs'], 1):.2f}× fewer   params {b['params'] / max(a['params'], 1):.2f}× fewer")
-        if a.get("top1") is not None:
-            print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+        search = result.metrics["search"]
+        print(f"winner: trial {search['winner']} of {len(search['trials'])}")
+        _print_outcome(result.metrics)
         print(f"run folder: {result.run_dir}  (report.html; `studio run {result.run_dir}/recipe.json` repeats it)")
     return 0
 
