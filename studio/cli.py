@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--data", required=True, help="dataset folder/spec (validation split scores, training split tunes)")
     p.add_argument("--target", action="append", default=[], metavar="KIND=VALUE",
-                   help="macs=2x, macs=20M, params=0.5x, size=100kB, latency=3ms (repeatable: all must be met)")
+                   help="macs=2x, macs=20M, params=0.5x, size=100kB, latency=3ms (repeatable: all must be met); "
+                        "size=min (heuristic, grid); macs=1.5x,2x,3x: a family, one model per value")
     p.add_argument("--max-drop", type=float, default=None,
                    help="points of top-1 the result may lose (default 1.0; size=min needs it given)")
     p.add_argument("--method", default="allocate", choices=["allocate", "heuristic", "grid"],
@@ -369,7 +370,17 @@ def cmd_search(args) -> int:
 
 
 def _run_search(recipe, out, resume: bool) -> int:
+    from studio.engine.jobs.family import is_family, run_family
     from studio.engine.jobs.search import run_search
+    if is_family(recipe):
+        result = _drive(run_family(recipe, out, resume=resume))
+        for row in result.metrics["family"]["members"] if result.run_dir is not None else []:
+            figures = (f"{row['ratio']:.2f}× fewer, top-1 {row['top1'] * 100:.2f}%" if row["outcome"] == "met"
+                       else row.get("note", ""))
+            print(f"{row['target']:>14s}: {row['outcome']:8s} {figures}   {Path(out) / row['folder']}")
+        if result.run_dir is not None:
+            print(f"family folder: {result.run_dir}  (report.html: the front; each member is a run folder)")
+        return 0
     result = _drive(run_search(recipe, out, resume=resume))
     if result.run_dir is not None:
         search = result.metrics["search"]

@@ -50,6 +50,7 @@ from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase
 from studio.engine.graph import LayerGraph, build_graph, layered_layout
 from studio.engine.jobs import Recipe, calibration_batches, read_run, run_recipe
+from studio.engine.jobs.family import is_family, run_family
 from studio.engine.jobs.search import run_search
 from studio.engine.methods.targets import Target
 from studio.engine.jobs.report import human_bytes, human_count
@@ -677,17 +678,23 @@ class MainWindow(QMainWindow):
 
         search = recipe.search is not None
 
+        family = is_family(recipe)
+
         def work():
-            job = run_search if search else run_recipe
+            job = run_family if family else run_search if search else run_recipe
             result = yield from job(recipe, out, token=token, loaded=loaded, bundle=bundle)
             yield Phase("report", "Writing report.pdf")
-            pdf_note = ""
-            try:
-                write_pdf_report_in_subprocess(result.run_dir)
-            except StudioError as exc:   # the run itself succeeded; say what is missing
-                pdf_note = str(exc)
+            runs = ([result.run_dir / m["folder"] for m in result.metrics["family"]["members"]
+                     if m["outcome"] == "met"] if family else [result.run_dir])
+            notes = []
+            for run in runs:
+                try:
+                    write_pdf_report_in_subprocess(run)
+                except StudioError as exc:   # the run itself succeeded; say what is missing
+                    notes.append(str(exc))
             # The slimmed module stays on the engine thread; the window reads the run folder.
-            return {"run_dir": str(result.run_dir), "pdf_note": pdf_note}
+            return {"run_dir": str(runs[-1]) if runs else str(result.run_dir), "runs": [str(r) for r in runs],
+                    "pdf_note": " ".join(notes), "family": family}
 
         self.job_token = token
         self.plots.start_run(dict(d.model.facts))
@@ -724,9 +731,13 @@ class MainWindow(QMainWindow):
         run_dir = Path(result["run_dir"])
         if result["pdf_note"]:
             self._log(result["pdf_note"], "error")
-        summary = read_run(run_dir)
-        if self.document.add_run(summary):
-            self.runs_panel.add_run(summary)
+        if not result["runs"]:
+            self.job_panel.finish("Done", "no member of the family met its target: see the Trials and Log")
+            return
+        for folder in result["runs"]:             # a family adds every member that met its target
+            summary = read_run(Path(folder))
+            if self.document.add_run(summary):
+                self.runs_panel.add_run(summary)
         self._result_layers = {layer["name"]: (layer["channels_before"], layer["channels_after"])
                                for layer in summary.layers}
         self.result_check.setEnabled(True)
@@ -737,7 +748,7 @@ class MainWindow(QMainWindow):
         acc = f", top-1 {top1:.1%}" if top1 is not None else ""
         self.job_panel.finish("Done", f"in {took}: {summary.speedup_macs:.2f}× fewer MACs{acc}")
         self._log(f"Run finished: {run_dir}")
-        if self._searching:
+        if self._searching and not result["family"]:
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             self.target.search_finished(run_dir, metrics)
             self._log("The winner's per-layer rates are now the plan: edit them in the graph or inspector.")

@@ -32,7 +32,7 @@ from studio.engine.errors import StudioError
 from studio.engine.jobs.recipe import SEARCH_METHODS, SearchOptions
 from studio.engine.jobs.report_search import TRIAL_COLUMNS, trial_rows
 from studio.engine.methods import get_method
-from studio.engine.methods.targets import Target
+from studio.engine.methods.targets import Target, family_targets
 
 KINDS = (("macs", "MACs"), ("params", "Parameters"), ("size", "Size on disk"), ("latency", "Latency"))
 EXAMPLES = {"macs": "2x or 20M", "params": "2x or 0.5M", "size": "2x or 100kB", "latency": "2x or 3ms"}
@@ -57,8 +57,9 @@ class TargetForm(QWidget):
         for key, text in KINDS:
             self.kind.addItem(text, key)
         self.value = QLineEdit("2x")
-        self.value.setToolTip("A reduction such as 2x (half the original figure), or a ceiling with a unit: "
-                              "20M MACs, 0.5M params, 100kB, 3ms.")
+        self.value.setToolTip("A reduction such as 2x (half the original figure), a ceiling with a unit: "
+                              "20M MACs, 0.5M params, 100kB, 3ms; min (size, heuristic or grid); or a family "
+                              "such as 1.5x,2x,3x: one model per value, each in the Runs table.")
         target = QWidget()
         row = QHBoxLayout(target)
         row.setContentsMargins(0, 0, 0, 0)
@@ -130,8 +131,10 @@ class TargetForm(QWidget):
 
     def target_error(self) -> str:
         """The message of a target the engine would refuse ('' when it parses)."""
+        text = f"{self.kind.currentData()}={self.value.text().strip()}"
         try:
-            Target.parse(f"{self.kind.currentData()}={self.value.text().strip()}")
+            if family_targets([text]) is None:   # "1.5x,2x,3x" is a family: one model per value
+                Target.parse(text)
         except StudioError as exc:
             return str(exc)
         return ""

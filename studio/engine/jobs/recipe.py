@@ -15,7 +15,7 @@ from typing import Optional
 from studio.engine.errors import StudioError
 from studio.engine.files import write_text
 from studio.engine.methods import get_method
-from studio.engine.methods.targets import parse_targets
+from studio.engine.methods.targets import family_targets, parse_targets
 from studio.engine.pruning import PruningPlan
 from studio.engine.training import TrainConfig
 
@@ -182,8 +182,13 @@ class Recipe:
             if self.search.method not in SEARCH_METHODS:
                 raise StudioError(f"Unknown search method '{self.search.method}'.",
                                   f"Use one of: {', '.join(SEARCH_METHODS)}.")
+            members = family_targets(self.search.targets)
+            if members is not None and self.search.method != "allocate":
+                raise StudioError(f"A family of targets is found by the allocate method, not by {self.search.method}.",
+                                  "Use --method allocate for a family, or give one target.")
+            targets = parse_targets(members[:1] if members else self.search.targets)
             drop = self.search.max_drop
-            if drop is None and any(t.minimize for t in parse_targets(self.search.targets)):
+            if drop is None and any(t.minimize for t in targets):
                 raise StudioError("size=min pushes the size down as far as an accuracy floor allows, and no floor "
                                   "was given.", "Give --max-drop (points of top-1 the result may lose), e.g. 1.0.")
             if isinstance(drop, (int, float)) and not isinstance(drop, bool) and drop < 0:
@@ -196,7 +201,6 @@ class Recipe:
             if self.retrain:
                 raise StudioError("A target search fine-tunes its trials; it cannot retrain from scratch.",
                                   "Set retrain to false.")
-            parse_targets(self.search.targets)
             self.search.method_options(self.measure.device, self.data.eval_batches)
 
 

@@ -62,7 +62,8 @@ def trial_rows(metrics: dict) -> list:
         mark = " ★" if t.get("trial") == search.get("winner") else ""
         where = (f"s {t['structured']:.2f}, u {t['unstructured']:.2f}" if "structured" in t
                  else f"τ {finite(t.get('tau')) or 0:.4f}")
-        rows.append((f"{t.get('trial')}{mark}", where, _figures_text(t.get("figures")),
+        label = f"{t['member']} · {t.get('trial')}" if t.get("member") else str(t.get("trial"))
+        rows.append((f"{label}{mark}", where, _figures_text(t.get("figures")),
                      ratios, human_pct(t.get("top1_pruned")), human_pct(t.get("top1")),
                      "met" if t.get("met") else "missed", "ok" if t.get("floor_ok") else "under",
                      f"{finite(t.get('seconds')) or 0:.0f} s"))

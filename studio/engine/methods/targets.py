@@ -136,3 +136,29 @@ def measure_figure(kind: str, model: nn.Module, input_size, latency: LatencySett
         return float(measure_latency(model, input_size, batch_size=latency.batch_size, device=latency.device,
                                      runs=latency.runs).median_ms)
     raise StudioError(f"Unknown target kind '{kind}'.", f"Use one of: {', '.join(TARGET_KINDS)}.")
+
+
+def family_targets(texts) -> Optional[list[str]]:
+    """``['macs=1.5x,2x,3x']`` → ``['macs=1.5x', 'macs=2x', 'macs=3x']``: a family, one model per value.
+
+    None when ``texts`` is not a family (no comma). Each member is checked as a target; an
+    empty value, a repeated one, or a family next to other targets is refused.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts or [])
+    if not any("," in t for t in texts):
+        return None
+    if len(texts) != 1:
+        raise StudioError("A family of targets (kind=a,b,c) cannot be combined with other targets.",
+                          "Give the family alone, e.g. --target macs=1.5x,2x,3x,4x.")
+    kind, _, values = texts[0].partition("=")
+    parts = [v.strip() for v in values.split(",")]
+    if any(not v for v in parts):
+        raise StudioError(f"The family {texts[0]!r} has an empty value.", "Write it as macs=1.5x,2x,3x.")
+    members = [Target.parse(f"{kind.strip()}={v}") for v in parts]
+    seen = [(m.ratio, m.value) for m in members]
+    repeated = next((m.text for m, key in zip(members, seen) if seen.count(key) > 1), None)
+    if repeated:
+        raise StudioError(f"The family {texts[0]!r} gives {repeated} more than once.", "Give each target once.")
+    if any(m.minimize for m in members):
+        raise StudioError("size=min is one model, not a family.", "Give size=min alone.")
+    return [m.text for m in members]
