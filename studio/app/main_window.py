@@ -10,6 +10,7 @@ import copy
 import datetime
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -665,7 +666,7 @@ class MainWindow(QMainWindow):
             self._fail(exc, "")
             return
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        what = (f"search-{recipe.search.targets[0].replace('=', '-')}" if recipe.search is not None
+        what = (f"search-{re.sub(r'[^A-Za-z0-9.]+', '-', recipe.search.targets[0])}" if recipe.search is not None
                 else f"{recipe.plan.criterion}-{round(recipe.plan.rate * 100)}")
         out = self.runs_dir / f"{stamp}-{what}"
         n = 2
