@@ -23,6 +23,13 @@
     .venv/bin/python bench/search.py --size-min --model demo --data demo --resolution 0.1 \
         --epochs 1 --max-steps 10 --max-drop 2 --results bench/results/size-min.json
 
+4. With --family T1,T2,...: the family job for the targets (one shared analysis) against
+   one separate search per target, each with an empty analysis cache, same trial budget:
+   total wall time and each member's top-1.
+
+    .venv/bin/python bench/search.py --family 1.5x,2x,3x --model demo --data demo --epochs 0 \
+        --results bench/results/family.json
+
 Results go to --results as JSON (written when complete) and a Markdown table on stdout.
 """
 from __future__ import annotations
@@ -107,10 +114,14 @@ def main() -> None:
     p.add_argument("--size-min", action="store_true", help="compare the heuristic and the grid for size=min")
     p.add_argument("--resolution", type=float, default=0.1)
     p.add_argument("--max-drop", type=float, default=2.0)
+    p.add_argument("--family", help="MACs reductions, e.g. 1.5x,2x,3x: family job against separate searches")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.size_min:
         size_min(args)
+        return
+    if args.family:
+        family(args)
         return
 
     loaded = load_model(args.model)
@@ -203,7 +214,7 @@ def size_min(args) -> None:
         log(f"{method}: {out[method]}")
     write_text(Path(args.results), json.dumps(out, indent=2) + "\n")
     h, g = out["heuristic"], out["grid"]
-    print(f"| method | trials | wall s | smallest size at the floor | s | u | top-1 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| method | trials | wall s | smallest size at the floor | s | u | top-1 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in (("heuristic", h), ("grid", g)):
         b = r["best"]
         print(f"| {name} | {r['trials']} | {r['wall_seconds']:.0f} | {b['figures']['size'] / 1e3:.1f} kB | "
@@ -217,6 +228,49 @@ def size_min(args) -> None:
           f"(trials alone {h['trial_seconds'] / max(g['trial_seconds'], 1e-9):.3f}), "
           f"size {h['best']['figures']['size'] / g['best']['figures']['size']:.3f} "
           f"(original {h['original_size'] / 1e3:.1f} kB, floor {h['floor'] * 100:.2f} %)")
+
+
+def family(args) -> None:
+    """One family job against one search per target, each search with a cold analysis cache."""
+    from studio.engine.jobs import DataSource, ModelSource, Recipe
+    from studio.engine.jobs.family import run_family
+    from studio.engine.jobs.recipe import SearchOptions
+    from studio.engine.jobs.search import run_search
+
+    root = Path(tempfile.mkdtemp(prefix="family-"))
+    values = [v.strip() for v in args.family.split(",")]
+
+    def recipe(targets: list) -> Recipe:
+        return Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
+                                                                     eval_batches=args.eval_batches),
+                      finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
+                                           device="cpu"),
+                      exports=["checkpoint"], search=SearchOptions(targets=targets, max_drop=100.0))
+    os.environ["STUDIO_CACHE_DIR"] = str(root / "cache-family")
+    started = time.perf_counter()
+    fam = run_to_end(run_family(recipe([f"macs={','.join(values)}"]), root / "family"))
+    family_seconds = time.perf_counter() - started
+    separate, separate_seconds = [], 0.0
+    for value in values:
+        os.environ["STUDIO_CACHE_DIR"] = str(root / f"cache-{value}")   # a cold cache: each search analyses
+        started = time.perf_counter()
+        one = run_to_end(run_search(recipe([f"macs={value}"]), root / f"alone-{value}"))
+        separate_seconds += time.perf_counter() - started
+        separate.append({"target": f"macs={value}", "top1": one.metrics["after"]["top1"],
+                         "ratio": one.metrics["before"]["macs"] / one.metrics["after"]["macs"]})
+        log(f"alone {value}: {separate[-1]}")
+    out = {"command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+           "machine": {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__},
+           "family_seconds": round(family_seconds, 1), "separate_seconds": round(separate_seconds, 1),
+           "family": fam.metrics["family"]["members"], "separate": separate}
+    write_text(Path(args.results), json.dumps(out, indent=2) + "\n")
+    print("| target | family: reduction | family: top-1 | alone: reduction | alone: top-1 |\n"
+          "| --- | ---: | ---: | ---: | ---: |")
+    for member, alone in zip(out["family"], separate):
+        print(f"| {member['target']} | {member['ratio']:.2f}× | {member['top1'] * 100:.1f} % | "
+              f"{alone['ratio']:.2f}× | {alone['top1'] * 100:.1f} % |")
+    print(f"\nwall time: family {family_seconds:.0f} s, separate searches {separate_seconds:.0f} s "
+          f"(family / separate {family_seconds / separate_seconds:.2f})")
 
 
 def markdown(result: dict) -> str:
