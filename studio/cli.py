@@ -170,8 +170,15 @@ def _parse_rates(text: str) -> list:
         raise argparse.ArgumentTypeError(f"rates must look like 0.1,0.3,0.5, got {text!r}") from None
 
 
+def _model_source(args):
+    """The recipe's model section from the shared model flags (see `_model_args`)."""
+    from studio.engine.jobs import ModelSource
+    return ModelSource(spec=args.model, arch=args.arch, num_classes=args.num_classes,
+                       input_size=list(args.input_size) if args.input_size else None, trust=args.trust)
+
+
 def _recipe_from_prune_args(args):
-    from studio.engine.jobs import DataSource, ModelSource, Recipe
+    from studio.engine.jobs import DataSource, Recipe
     from studio.engine.pruning import PruningPlan
     from studio.engine.training import TrainConfig
 
@@ -180,8 +187,7 @@ def _recipe_from_prune_args(args):
                        iterative_steps=args.steps, unstructured_sparsity=args.sparsity)
     common = dict(lr=args.lr, device=args.device, max_steps_per_epoch=args.max_steps)
     recipe = Recipe(
-        model=ModelSource(spec=args.model, arch=args.arch, num_classes=args.num_classes,
-                          input_size=list(args.input_size) if args.input_size else None, trust=args.trust),
+        model=_model_source(args),
         data=DataSource(spec=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches),
         plan=plan,
         sparse_training=TrainConfig(epochs=args.sparse_epochs, bn_l1=args.bn_l1, **common),
@@ -332,7 +338,7 @@ def _run_training(recipe, out: str, resume: bool) -> int:
 
 def _recipe_from_search_args(args):
     from studio.engine.errors import StudioError
-    from studio.engine.jobs import DataSource, MeasureOptions, ModelSource, Recipe
+    from studio.engine.jobs import DataSource, MeasureOptions, Recipe
     from studio.engine.jobs.recipe import SearchOptions
     from studio.engine.methods.sensitivity import DEFAULT_RATES
     from studio.engine.pruning import PruningPlan
@@ -342,8 +348,7 @@ def _recipe_from_search_args(args):
         raise StudioError("studio search needs at least one --target.",
                           "For example --target macs=2x (or params=0.5M, size=100kB, latency=3ms).")
     recipe = Recipe(
-        model=ModelSource(spec=args.model, arch=args.arch, num_classes=args.num_classes,
-                          input_size=list(args.input_size) if args.input_size else None, trust=args.trust),
+        model=_model_source(args),
         data=DataSource(spec=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches),
         plan=PruningPlan(criterion=args.criterion, rate=0.0, protected=list(args.protect), round_to=args.round_to),
         finetune=TrainConfig(epochs=args.trial_epochs, lr=args.lr, device=args.device,

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.app.sensitivity_view import SensitivityCurve
+from studio.engine.graph import output_heads
 from studio.engine.jobs.report import human_count
 
 PANEL_WIDTH = 340           # preferred dock width
@@ -54,24 +55,6 @@ def shape_text(shape) -> str:
     return "×".join(str(s) for s in shape) if shape else "scalar"
 
 
-def head_modules(graph) -> set[str]:
-    """Convs/linears whose outputs are the model's outputs (no other weighted layer after them)."""
-    heads: set[str] = set()
-    stack = list(graph.predecessors("output")) if "output" in graph else []
-    seen = set(stack)
-    while stack:
-        node = stack.pop()
-        d = graph.nodes[node]
-        if d.get("op") == "module" and d.get("category") in ("conv", "linear"):
-            heads.add(d.get("module") or node)
-            continue
-        for p in graph.predecessors(node):
-            if p not in seen:
-                seen.add(p)
-                stack.append(p)
-    return heads
-
-
 def not_prunable_reason(layer_graph, name: str) -> str:
     """Why the output channels of node ``name`` cannot be pruned, in plain words ('' if they can)."""
     d = layer_graph.graph.nodes[name]
@@ -90,7 +73,7 @@ def not_prunable_reason(layer_graph, name: str) -> str:
             return ("Not a conv or linear layer: it loses the same channels as the layer it "
                     "follows (see its coupled group).")
         return "Not a conv or linear layer: it has no filters of its own to remove."
-    if (d.get("module") or name) in head_modules(layer_graph.graph):
+    if (d.get("module") or name) in output_heads(layer_graph.graph):
         return "Classifier head: its outputs are the model's predictions, so their number is fixed."
     if d.get("group") is None:
         return ("Not in a coupled group: the pruning library could not follow where its channels "

@@ -14,7 +14,7 @@ from studio.engine.graph.tp_patches import TooManyIndices, tp_guards
 
 
 def output_heads(g: nx.DiGraph) -> list[str]:
-    """Module names of the last convs/linears before the output: their channels are the result."""
+    """Module names of the last convs/linears before the output: their channels are the result (the heads)."""
     heads: list[str] = []
     stack = list(g.predecessors("output")) if "output" in g else []
     seen = set(stack)
