@@ -30,6 +30,13 @@
     .venv/bin/python bench/search.py --family 1.5x,2x,3x --model demo --data demo --epochs 0 \
         --results bench/results/family.json
 
+5. With --parallel-grid N: the size=min grid run once one trial at a time and once N at a
+   time (N processes, the cores split between them), same settings: wall times, and whether
+   every trial came out the same.
+
+    .venv/bin/python bench/search.py --parallel-grid 2 --model demo --data demo --resolution 0.3 \
+        --epochs 1 --max-steps 10 --max-drop 2 --results bench/results/parallel-grid.json
+
 Results go to --results as JSON (written when complete) and a Markdown table on stdout.
 """
 from __future__ import annotations
@@ -115,8 +122,12 @@ def main() -> None:
     p.add_argument("--resolution", type=float, default=0.1)
     p.add_argument("--max-drop", type=float, default=2.0)
     p.add_argument("--family", help="MACs reductions, e.g. 1.5x,2x,3x: family job against separate searches")
+    p.add_argument("--parallel-grid", type=int, help="the grid one trial at a time against N at a time")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.parallel_grid:
+        parallel_grid(args)
+        return
     if args.size_min:
         size_min(args)
         return
@@ -228,6 +239,46 @@ def size_min(args) -> None:
           f"(trials alone {h['trial_seconds'] / max(g['trial_seconds'], 1e-9):.3f}), "
           f"size {h['best']['figures']['size'] / g['best']['figures']['size']:.3f} "
           f"(original {h['original_size'] / 1e3:.1f} kB, floor {h['floor'] * 100:.2f} %)")
+
+
+def parallel_grid(args) -> None:
+    """The same size=min grid, one trial at a time and ``--parallel-grid`` at a time."""
+    from studio.engine.jobs import DataSource, ModelSource, Recipe
+    from studio.engine.jobs.recipe import SearchOptions
+    from studio.engine.jobs.search import run_search
+
+    root = Path(tempfile.mkdtemp(prefix="parallel-grid-"))
+    runs = {}
+    for parallel in (1, args.parallel_grid):
+        recipe = Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
+                                                                       eval_batches=args.eval_batches),
+                        finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
+                                             device="cpu"),
+                        exports=["checkpoint"],
+                        search=SearchOptions(method="grid", targets=["size=min"], max_drop=args.max_drop,
+                                             resolution=args.resolution, parallel=parallel))
+        log(f"grid, {parallel} at a time")
+        started = time.perf_counter()
+        search = run_to_end(run_search(recipe, root / f"p{parallel}")).metrics["search"]
+        runs[parallel] = {"wall_seconds": round(time.perf_counter() - started, 1), "ran": search["ran"],
+                          "winner": search["winner"],
+                          "trials": [{k: t[k] for k in ("trial", "structured", "unstructured", "top1", "figures")}
+                                     for t in search["trials"]]}
+        log(f"  {runs[parallel]['wall_seconds']} s, {search['ran']}")
+    one, many = runs[1], runs[args.parallel_grid]
+    same = [(a["structured"], a["unstructured"], a["figures"], round(a["top1"], 6))
+            == (b["structured"], b["unstructured"], b["figures"], round(b["top1"], 6))
+            for a, b in zip(one["trials"], many["trials"])]
+    out = {"command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+           "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__},
+           "runs": {str(k): v for k, v in runs.items()}, "same_trials": sum(same), "trials": len(same),
+           "same_winner": one["winner"] == many["winner"]}
+    write_text(Path(args.results), json.dumps(out, indent=2) + "\n")
+    print(f"| at a time | trials | wall s |\n| ---: | ---: | ---: |\n| 1 | {len(one['trials'])} | "
+          f"{one['wall_seconds']:.0f} |\n| {args.parallel_grid} ({many['ran']}) | {len(many['trials'])} | "
+          f"{many['wall_seconds']:.0f} |")
+    print(f"\nparallel / sequential wall time {many['wall_seconds'] / one['wall_seconds']:.2f}; "
+          f"{sum(same)} of {len(same)} trials the same; same winner: {out['same_winner']}")
 
 
 def family(args) -> None:

@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-recipe", help="also write the search recipe built from these flags to this file")
     p.add_argument("--out", required=True, help="search folder (the winner's run folder when it finishes)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="run independent trials (grid points, family members) N at a time: one process per GPU "
+                        "with --device cuda, else the CPU cores split between N processes")
 
     sub.add_parser("criteria", help="list the pruning criteria")
     return parser
@@ -360,7 +363,8 @@ def _recipe_from_search_args(args):
         seed=args.seed,
         search=SearchOptions(method=args.method, targets=list(args.target), max_drop=args.max_drop,
                              max_trials=args.max_trials, rates=list(args.rates or DEFAULT_RATES),
-                             images=args.images, latency_batch=args.latency_batch, resolution=args.resolution),
+                             images=args.images, latency_batch=args.latency_batch, resolution=args.resolution,
+                             parallel=args.parallel),
     )
     recipe.validate()
     return recipe

@@ -124,3 +124,15 @@ def test_the_target_form_takes_size_min_and_the_pair_methods(qtbot):
     assert [form.method.itemData(i) for i in range(form.method.count())] == ["allocate", "heuristic", "grid"]
     form.kind.setCurrentIndex(form.kind.findData("macs"))
     assert "push to the floor" in form.target_error()
+
+
+def test_the_target_form_sets_how_many_trials_run_at_once(qtbot):
+    from studio.app.target_panel import TargetForm
+    form = TargetForm()
+    qtbot.addWidget(form)
+    assert form.parallel.minimum() == 1 and form.parallel.maximum() >= 1
+    form.set_search(SearchOptions(method="grid", targets=["size=min"], parallel=form.parallel.maximum()))
+    assert form.search_options().parallel == form.parallel.maximum()
+    with qtbot.waitSignal(form.changed):
+        form.parallel.setValue(1)
+    assert form.search_options().parallel == 1

@@ -8,9 +8,11 @@ point so far ringed). Both only show and edit plain data; the engine runs the se
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import pyqtgraph as pg
+import torch
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
@@ -83,6 +85,12 @@ class TargetForm(QWidget):
         self.max_trials.setToolTip("Verified trials at most; each prunes, fine-tunes for the epochs below and "
                                    "evaluates.")
         form.addRow("Trials", self.max_trials)
+        self.parallel = QSpinBox()
+        self.parallel.setRange(1, max(1, os.cpu_count() or 1, torch.cuda.device_count()))
+        self.parallel.setToolTip("Independent trials (grid points, family members) run this many at a time, "
+                                 "one process each: a GPU each when training on CUDA, else the CPU cores split "
+                                 "between them. Results are the same as one at a time.")
+        form.addRow("At once", self.parallel)
         self.method = QComboBox()
         for name in SEARCH_METHODS:
             self.method.addItem(get_method(name).title, name)
@@ -98,7 +106,7 @@ class TargetForm(QWidget):
             combo.setMinimumContentsLength(6)
             combo.currentIndexChanged.connect(self._edited)
         self.value.editingFinished.connect(self._edited)
-        for spin in (self.max_drop, self.max_trials):
+        for spin in (self.max_drop, self.max_trials, self.parallel):
             spin.setKeyboardTracking(False)
             spin.valueChanged.connect(self._edited)
         self.analyse.clicked.connect(self.analyseRequested)
@@ -106,7 +114,7 @@ class TargetForm(QWidget):
 
     def set_search(self, search: SearchOptions) -> None:
         """Show ``search`` (its first target; more can be given in a recipe) without emitting `changed`."""
-        widgets = (self.kind, self.value, self.max_drop, self.max_trials, self.method)
+        widgets = (self.kind, self.value, self.max_drop, self.max_trials, self.parallel, self.method)
         for w in widgets:
             w.blockSignals(True)
         text = (search.targets or ["macs=2x"])[0]
@@ -115,6 +123,7 @@ class TargetForm(QWidget):
         self.value.setText(amount.strip())
         self.max_drop.setValue(search.max_drop)
         self.max_trials.setValue(search.max_trials)
+        self.parallel.setValue(search.parallel)
         self.method.setCurrentIndex(max(0, self.method.findData(search.method)))
         self._extra_targets = list(search.targets[1:])
         self._base = search
@@ -127,7 +136,7 @@ class TargetForm(QWidget):
         target = f"{self.kind.currentData()}={self.value.text().strip()}"
         return SearchOptions(**{**vars(self._base), "method": self.method.currentData(),
                                 "targets": [target, *self._extra_targets], "max_drop": self.max_drop.value(),
-                                "max_trials": self.max_trials.value()})
+                                "max_trials": self.max_trials.value(), "parallel": self.parallel.value()})
 
     def target_error(self) -> str:
         """The message of a target the engine would refuse ('' when it parses)."""

@@ -18,6 +18,17 @@ class StudioError(Exception):
     def __str__(self) -> str:
         return f"{self.problem} {self.fix}".strip()
 
+    def __reduce__(self):
+        # Keep the fix (and a subclass's fields) when the error crosses a process boundary.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls, args, state):
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class JobCancelled(StudioError):
     """Raised inside a job when the user cancels it; the job's inputs are left untouched."""

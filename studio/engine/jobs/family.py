@@ -9,7 +9,8 @@ threshold, and each is verified, fine-tuned and exported by the ordinary search 
 ``members/<target>/``, a run folder of its own. ``family.json`` and ``report.html`` in the
 family folder give the front. A member whose target cannot be met under the floor is
 recorded as such and the family goes on. With ``resume`` finished members are kept and an
-interrupted one continues.
+interrupted one continues. With ``parallel`` N the analysis runs once, then the members run
+N at a time, each in its own process (`studio.engine.training.pool`).
 """
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ from studio.engine.data import DataBundle
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase, TrialEnd
 from studio.engine.files import write_text
-from studio.engine.jobs.pipeline import RunResult, json_safe
+from studio.engine.jobs.pipeline import RunResult, json_safe, load_job_inputs
 from studio.engine.jobs.recipe import Recipe
 from studio.engine.jobs.report_format import escape, human_pct
 from studio.engine.jobs.report_search import xy_chart
-from studio.engine.jobs.search import SEARCH_FILE, run_search
+from studio.engine.jobs.search import SEARCH_FILE, run_search, search_inputs
 from studio.engine.methods.targets import family_targets
 from studio.engine.models import LoadedModel
-from studio.engine.training import is_main_process
+from studio.engine.training import is_main_process, seed_everything
+from studio.engine.training.pool import describe, run_parallel, worker_devices
 
 FAMILY_FILE = "family.json"
 MEMBERS_FOLDER = "members"
@@ -55,16 +57,57 @@ def run_family(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise StudioError(f"The output folder {out_dir} already exists and is not empty.",
                           "Add --resume to continue the family recorded there, or choose a new folder.")
-    rows = []
-    for i, target in enumerate(members):
-        yield Phase("family", f"Member {i + 1} of {len(members)}: {target}")
-        rows.append((yield from _member(recipe, out_dir, target, token, resume, loaded, bundle)))
-        if is_main_process():
-            _write_summary(out_dir, recipe, rows)
+    devices = worker_devices(recipe.search.parallel, recipe.finetune.device)
+    if len(devices) > 1:
+        rows = yield from _side_by_side(recipe, out_dir, members, token, resume, loaded, bundle, devices)
+    else:
+        rows = []
+        for i, target in enumerate(members):
+            yield Phase("family", f"Member {i + 1} of {len(members)}: {target}")
+            rows.append((yield from _member(recipe, out_dir, target, token, resume, loaded, bundle)))
+            if is_main_process():
+                _write_summary(out_dir, recipe, rows)
     met = [r for r in rows if r["outcome"] == "met"]
     yield Log(f"Family written: {out_dir} ({len(met)} of {len(members)} members met their target and the floor).")
     return RunResult(run_dir=out_dir if is_main_process() else None,
                      metrics={"family": {"targets": members, "members": rows}}, model=None)
+
+
+def _side_by_side(recipe: Recipe, out_dir: Path, members: list, token, resume: bool, loaded, bundle,
+                  devices: list) -> Generator[object, None, list]:
+    """The members ``len(devices)`` at a time, after one shared sensitivity analysis."""
+    token = token or CancelToken()
+    seed_everything(recipe.seed)   # as each member's search does before it loads: the same initial weights
+    loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
+    yield Phase("family", f"Analysing sensitivity once for {len(members)} members")
+    method, inputs, options = search_inputs(_for_target(recipe, members[0]), loaded, bundle, None, token)
+    yield from method.prepare(inputs, options)
+    yield Phase("family", f"{len(members)} members, {describe(devices)}")
+    # Spawned (GPU) workers load the model and data from the recipe; forked ones inherit them.
+    inherit = not devices[0].startswith("cuda")
+    shared = (recipe, out_dir, resume, loaded if inherit else None, bundle if inherit else None)
+    rows: dict = {}
+
+    def finished(i: int, row: dict) -> list:
+        rows[members[i]] = row
+        if is_main_process():
+            _write_summary(out_dir, recipe, [rows[t] for t in members if t in rows])
+        return []
+
+    yield from run_parallel(_member_in_worker, shared, members, devices, token, finished)
+    return [rows[t] for t in members]
+
+
+def _member_in_worker(shared: tuple, target: str, device: str, token) -> Generator[object, None, dict]:
+    """One member in a worker process (its GPU, if any, is the only one it sees)."""
+    recipe, out_dir, resume, loaded, bundle = shared
+    return (yield from _member(recipe, out_dir, target, token, resume, loaded, bundle))
+
+
+def _for_target(recipe: Recipe, target: str) -> Recipe:
+    member = copy.deepcopy(recipe)
+    member.search.targets = [target]
+    return member
 
 
 def _member(recipe: Recipe, out_dir: Path, target: str, token, resume: bool, loaded, bundle
@@ -75,9 +118,7 @@ def _member(recipe: Recipe, out_dir: Path, target: str, token, resume: bool, loa
     if resume and (folder / "metrics.json").is_file():
         yield Log(f"{target}: finished earlier, kept.")
         return _row(target, folder, json.loads((folder / "metrics.json").read_text()), 0.0)
-    member = copy.deepcopy(recipe)
-    member.search.targets = [target]
-    job = run_search(member, folder, token=token, resume=resume and (folder / SEARCH_FILE).is_file(),
+    job = run_search(_for_target(recipe, target), folder, token=token, resume=resume and (folder / SEARCH_FILE).is_file(),
                      loaded=loaded, bundle=bundle)
     try:
         result = yield from _labelled(job, target)
@@ -116,7 +157,9 @@ def _row(target: str, folder: Path, metrics: dict, seconds: float) -> dict:
 def _write_summary(out_dir: Path, recipe: Recipe, rows: list) -> None:
     write_text(out_dir / FAMILY_FILE, json.dumps(json_safe({"recipe": recipe.to_dict(), "members": rows}),
                                                  indent=2) + "\n")
-    write_text(out_dir / "report.html", family_report(recipe.search.targets[0], rows))
+    parallel = recipe.search.parallel
+    write_text(out_dir / "report.html", family_report(recipe.search.targets[0], rows,
+                                                      "one at a time" if parallel == 1 else f"{parallel} at a time"))
 
 
 def _member_row(r: dict) -> str:
@@ -128,7 +171,7 @@ def _member_row(r: dict) -> str:
             + f"<td>{link}</td></tr>")
 
 
-def family_report(family: str, rows: list) -> str:
+def family_report(family: str, rows: list, ran: str = "one at a time") -> str:
     """The family's page: its front (top-1 against each member's reduction) and one row per member."""
     met = [r for r in rows if r["outcome"] == "met"]
     original = next((r["original_top1"] for r in met if r.get("original_top1") is not None), None)
@@ -142,6 +185,7 @@ def family_report(family: str, rows: list) -> str:
             "td,th{padding:4px 10px;border-bottom:1px solid #e5e7eb}.n{text-align:right}"
             ".ct{font-weight:600;font-size:13px}.tick{font-size:11px;fill:#6b7280}.grid{stroke:#e5e7eb}"
             ".axis{stroke:#9ca3af}</style></head><body>"
-            f"<h1>Family {escape(family)}</h1>{chart}<table><thead><tr><th>Target</th><th>Outcome</th>"
+            f"<h1>Family {escape(family)}</h1><p>{len(rows)} member(s), run {escape(ran)} after one shared "
+            f"sensitivity analysis.</p>{chart}<table><thead><tr><th>Target</th><th>Outcome</th>"
             "<th>Reduction</th><th>Top-1</th><th>Trials</th><th>Time</th><th>Run folder</th></tr></thead>"
             f"<tbody>{body}</tbody></table></body></html>\n")

@@ -79,6 +79,7 @@ class SearchOptions:
     images: int = 1000                    # validation images per sensitivity probe
     latency_batch: int = 1                # latency targets: batch size (device: measure.device)
     resolution: float = 0.1               # heuristic and grid: the step between the rates tried
+    parallel: int = 1                     # independent trials (grid points, family members) run at once
 
     def method_options(self, latency_device: str, eval_batches: Optional[int]) -> dict:
         """The options the search method takes (those it declares), checked by the method itself."""
@@ -201,6 +202,10 @@ class Recipe:
             if self.retrain:
                 raise StudioError("A target search fine-tunes its trials; it cannot retrain from scratch.",
                                   "Set retrain to false.")
+            parallel = self.search.parallel
+            if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+                raise StudioError(f"search.parallel must be a whole number of at least 1 (got {parallel!r}).",
+                                  "Use 1 to run the trials one after another.")
             self.search.method_options(self.measure.device, self.data.eval_batches)
 
 

@@ -36,7 +36,7 @@ def search_rows(metrics: dict) -> list:
                                f"at most {search.get('max_drop', 0):g} point(s) lost)"),
             ("Outcome", "targets and floor met" if search.get("outcome") == "met" else "not met"),
             ("Winner", f"trial {winner}" if winner is not None else "none"),
-            ("Trials", str(len(search["trials"])))]
+            ("Trials", f"{len(search['trials'])}" + (f" ({search['ran']})" if search.get("ran") else ""))]
     if sens:
         rows.append(("Sensitivity analysis",
                      f"{len(sens.get('groups') or [])} groups × {len(sens.get('rates') or [])} rates on "

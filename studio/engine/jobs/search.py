@@ -29,6 +29,7 @@ from studio.engine.methods.search import TRIALS_FILE
 from studio.engine.methods.sensitivity import FILE_NAME as SENSITIVITY_FILE
 from studio.engine.models import LoadedModel
 from studio.engine.training import is_main_process, seed_everything
+from studio.engine.training.pool import worker_devices
 
 SEARCH_FILE = "search.json"
 SEARCH_FORMAT = "studio-search-1"
@@ -52,12 +53,19 @@ def prepare_search_folder(out_dir: Path, recipe: Recipe, resume: bool) -> None:
         saved = json.loads(marker.read_text())
     except ValueError as exc:
         raise StudioError(f"{marker} is damaged.", "Start the search again in a new folder.") from exc
-    if saved.get("recipe") != recipe.to_dict():
-        changed = sorted(k for k, v in recipe.to_dict().items() if (saved.get("recipe") or {}).get(k) != v)
+    now, then = _comparable(recipe.to_dict()), _comparable(saved.get("recipe") or {})
+    if then != now:
+        changed = sorted(k for k, v in now.items() if then.get(k) != v)
         raise StudioError(f"The search in {out_dir} was started with other settings ({', '.join(changed)}).",
                           "Resume with the settings it started with, or start a new search in a new folder.")
     if (out_dir / "metrics.json").is_file():
         raise StudioError(f"The search in {out_dir} has already finished.", "Open its report.html, or start a new one.")
+
+
+def _comparable(recipe: dict) -> dict:
+    """A recipe as a resume compares it: how many trials run at once does not change the result."""
+    search = {k: v for k, v in (recipe.get("search") or {}).items() if k != "parallel"}
+    return {**recipe, "search": search} if "search" in recipe else recipe
 
 
 def winner_recipe(recipe: Recipe, plan) -> Recipe:
@@ -89,6 +97,21 @@ def _compact_sensitivity(path: Path) -> Optional[dict]:
                        for g in data.get("groups") or []]}
 
 
+def search_inputs(recipe: Recipe, loaded: LoadedModel, bundle: DataBundle, out_dir: Optional[Path],
+                  token: CancelToken) -> tuple:
+    """The search method, what it works on, and its options, from the recipe."""
+    method = get_method(recipe.search.method)
+    options = recipe.search.method_options(recipe.measure.device, recipe.data.eval_batches)
+    finetune = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                       seed=recipe.seed)
+    sparse = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
+                     seed=recipe.seed)
+    inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=recipe.plan,
+                         token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune, sparse_training=sparse,
+                         parallel=recipe.search.parallel)
+    return method, inputs, options
+
+
 def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, resume: bool = False,
                loaded: Optional[LoadedModel] = None, bundle: Optional[DataBundle] = None
                ) -> Generator[object, None, RunResult]:
@@ -98,20 +121,14 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
         raise StudioError("This recipe has no search section.", "Run it with `studio run`, or add a search section.")
     token = token or CancelToken()
     recipe.validate()
+    worker_devices(recipe.search.parallel, recipe.finetune.device)   # refuse a --parallel too high, first
     out_dir = Path(out_dir)
     main = is_main_process()
     if main:
         prepare_search_folder(out_dir, recipe, resume)
     seed_everything(recipe.seed)
     loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
-    method = get_method(recipe.search.method)
-    options = recipe.search.method_options(recipe.measure.device, recipe.data.eval_batches)
-    finetune = replace(recipe.finetune, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
-                       seed=recipe.seed)
-    sparse = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
-                     seed=recipe.seed)
-    inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=recipe.plan,
-                         token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune, sparse_training=sparse)
+    method, inputs, options = search_inputs(recipe, loaded, bundle, out_dir, token)
     found = yield from method.run(inputs, options)
     winner = winner_recipe(recipe, found.plan)
     yield Log(f"Winner: trial {found.summary['winner']}; running its recipe for the final model and report.")

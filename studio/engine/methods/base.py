@@ -90,6 +90,7 @@ class MethodInput:
     seed: int = 0
     finetune: Optional[TrainConfig] = None   # the training a method may spend (per search trial, recovery)
     sparse_training: Optional[TrainConfig] = None   # training before pruning (network slimming's L1 on γ)
+    parallel: int = 1    # independent pieces of work (trials) the method may run at once, one process each
 
 
 @dataclass
@@ -126,6 +127,12 @@ class Method(ABC):
         if self.needs_data and inputs.data is None:
             raise StudioError(f"{self.title} needs data, and none was given.",
                               "Give the job a dataset (--data in the CLI, Open Data in the window).")
+
+    def prepare(self, inputs: MethodInput, options: dict) -> Generator[object, None, None]:
+        """Work that several runs of this method on the same model share (an analysis), done once
+        before they run side by side, each in its own process; by default there is none."""
+        return
+        yield
 
     @abstractmethod
     def run(self, inputs: MethodInput, options: dict) -> Generator[object, None, MethodResult]:

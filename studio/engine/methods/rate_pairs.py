@@ -19,6 +19,8 @@ compressed size) and differ only in which (s, u) pairs they try:
   accuracy falls with each rate, so the best s is found first and u on top of it.
 
 Trials are recorded in ``trials.jsonl`` and replayed by their (s, u) on a resumed search.
+The grid's trials do not depend on each other, so with ``parallel`` N they run N at a time
+(`studio.engine.training.pool`); the heuristic's each depend on the last, and run in turn.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from studio.engine.methods.targets import parse_targets
 from studio.engine.metrics import compressed_size_bytes
 from studio.engine.pruning import PruningPlan, prune
 from studio.engine.training import FixedZeros, TrainConfig, evaluate, train
+from studio.engine.training.pool import describe, run_parallel, worker_devices
 
 STRUCTURED_CRITERION = "bn_scale"   # network slimming removes the channels with the smallest |γ|
 HEURISTIC_START_STEPS = 4           # the heuristic's first step, in grid steps
@@ -58,6 +61,7 @@ class _PairTrials:
         self.recorded = {(t["structured"], t["unstructured"]): t for t in read_trials(inputs.work_dir)
                          if "structured" in t}
         self.done: list[dict] = []
+        self.ran = "one at a time"
         data = inputs.data
         self.calibration = calibration_split(data.train if data.train is not None else data.val, 64, 32, inputs.seed)
 
@@ -76,7 +80,7 @@ class _PairTrials:
     def feasible(self, s: float, u: float) -> Generator[object, None, bool]:
         """Run the trial at (s, u) (or take its record) and say whether it holds the floor."""
         key = (round(s, 4), round(u, 4))
-        known = next((t for t in self.done if (t["structured"], t["unstructured"]) == key), None)
+        known = self._find(key)
         if known is None:
             known = self.recorded.get(key)
             if known is not None:
@@ -84,12 +88,38 @@ class _PairTrials:
             else:
                 self.inputs.token.check("trial")
                 known = yield from self._run(*key)
-            known = {**known, "trial": len(self.done)}
-            self.done.append(known)
-            write_trials(self.inputs.work_dir, self.done)
-            best = best_pair(self.done)
-            yield TrialEnd(known["trial"], known, best["trial"] if best else None)
+            known = yield from self._keep(known, len(self.done))
         return known["floor_ok"]
+
+    def every(self, points: list[tuple[float, float]], devices: list[str]) -> Generator[object, None, None]:
+        """Every point, in turn or ``len(devices)`` at a time; trial k is the k-th point either way."""
+        keys = [(round(s, 4), round(u, 4)) for s, u in points]
+        if len(devices) <= 1:
+            for key in keys:
+                yield from self.feasible(*key)
+            return
+        for k, key in enumerate(keys):
+            if key in self.recorded and self._find(key) is None:
+                yield from self._keep(self.recorded[key], k)
+        todo = [(k, key) for k, key in enumerate(keys) if self._find(key) is None]
+        self.ran = describe(devices)
+        yield Log(f"{len(todo)} trial(s) to run, {self.ran}.")
+        shared = copy.copy(self)
+        shared.inputs = replace(self.inputs, token=None)   # each worker gets a token shared with this process
+        yield from run_parallel(_pair_trial, shared, [key for _, key in todo], devices, self.inputs.token,
+                                lambda i, record: self._keep(record, todo[i][0]))
+
+    def _find(self, key) -> Optional[dict]:
+        return next((t for t in self.done if (t["structured"], t["unstructured"]) == key), None)
+
+    def _keep(self, record: dict, trial: int) -> Generator[object, None, dict]:
+        """Add a finished trial as number ``trial``, record it, and announce it."""
+        record = {**record, "trial": trial}
+        self.done = sorted([*self.done, record], key=lambda t: t["trial"])
+        write_trials(self.inputs.work_dir, self.done)
+        best = best_pair(self.done)
+        yield TrialEnd(trial, record, best["trial"] if best else None)
+        return record
 
     def _run(self, s: float, u: float) -> Generator[object, None, dict]:
         started = time.perf_counter()
@@ -122,6 +152,13 @@ class _PairTrials:
                 "seconds": round(time.perf_counter() - started, 2)}
 
 
+def _pair_trial(trials: _PairTrials, key: tuple, device: str, token) -> Generator[object, None, dict]:
+    """One grid trial in a worker process, on that worker's device."""
+    cfg = replace(trials.inputs.finetune or TrainConfig(epochs=0), device=device)
+    trials.inputs = replace(trials.inputs, token=token, finetune=cfg)
+    return (yield from trials._run(*key))
+
+
 def best_pair(trials: list[dict]) -> Optional[dict]:
     """The smallest model that holds the floor."""
     ok = [t for t in trials if t["floor_ok"]]
@@ -143,7 +180,7 @@ class _RatePairSearch(Method):
         Option("eval_batches", "int", 0, "validation batches per trial evaluation (0: all)", minimum=0),
     )
 
-    def pairs(self, trials: _PairTrials, options: dict) -> Generator[object, None, None]:
+    def pairs(self, trials: _PairTrials, options: dict, devices: list[str]) -> Generator[object, None, None]:
         raise NotImplementedError
 
     def run(self, inputs: MethodInput, options: dict) -> Generator[object, None, MethodResult]:
@@ -153,6 +190,7 @@ class _RatePairSearch(Method):
             raise StudioError(f"The {self.name} method pushes the size to the accuracy floor: its target is size=min "
                               f"(got {', '.join(t.text for t in targets)}).",
                               "Use --target size=min, or --method allocate for a fixed target such as macs=2x.")
+        devices = worker_devices(inputs.parallel, (inputs.finetune or TrainConfig()).device)
         model = copy.deepcopy(inputs.model).cpu().eval()
         original_size = float(compressed_size_bytes(model))
         slim = yield from self._sparse_train(inputs, model)
@@ -161,10 +199,10 @@ class _RatePairSearch(Method):
         trials.floor = original_top1 - options["max_drop"] / 100
         yield Log(f"Original: {original_size / 1e3:.1f} kB compressed, top-1 {original_top1:.2%}; "
                   f"floor {trials.floor:.2%}; {self.name} over rates at resolution {options['resolution']:g}.")
-        yield from self.pairs(trials, options)
+        yield from self.pairs(trials, options, devices)
         summary = {"targets": ["size=min"], "max_drop": options["max_drop"], "floor": trials.floor,
                    "original": {"top1": original_top1, "size": original_size}, "trials": trials.done,
-                   "resolution": options["resolution"],
+                   "resolution": options["resolution"], "ran": trials.ran,
                    "grid_size": len(grid_points(options["resolution"], options["max_structured"]))
                    * len(grid_points(options["resolution"], options["max_unstructured"]))}
         best = best_pair(trials.done)
@@ -199,10 +237,9 @@ class GridSearch(_RatePairSearch):
     name = "grid"
     title = "Size to the floor: brute-force grid"
 
-    def pairs(self, trials: _PairTrials, options: dict) -> Generator[object, None, None]:
-        for s in grid_points(options["resolution"], options["max_structured"]):
-            for u in grid_points(options["resolution"], options["max_unstructured"]):
-                yield from trials.feasible(s, u)
+    def pairs(self, trials: _PairTrials, options: dict, devices: list[str]) -> Generator[object, None, None]:
+        yield from trials.every([(s, u) for s in grid_points(options["resolution"], options["max_structured"])
+                                 for u in grid_points(options["resolution"], options["max_unstructured"])], devices)
 
 
 @register
@@ -211,7 +248,9 @@ class HeuristicSearch(_RatePairSearch):
     name = "heuristic"
     title = "Size to the floor: structured, then unstructured (Tian et al. 2022)"
 
-    def pairs(self, trials: _PairTrials, options: dict) -> Generator[object, None, None]:
+    def pairs(self, trials: _PairTrials, options: dict, devices: list[str]) -> Generator[object, None, None]:
+        if len(devices) > 1:
+            yield Log("The heuristic's trials each depend on the one before, so they run one at a time.")
         res = options["resolution"]
         s = yield from self._push(trials, res, options["max_structured"], lambda v: (v, 0.0))
         yield from self._push(trials, res, options["max_unstructured"], lambda v: (s, v))

@@ -154,11 +154,7 @@ class TargetSearch(Method):
         base.validate(inputs.model)
         model = copy.deepcopy(inputs.model).cpu().eval()
         inputs = replace(inputs, model=model)
-
-        batches = calibration_split(inputs.data.val, options["images"], 250, inputs.seed)
-        curves = yield from load_or_analyse(model, inputs.input_size, batches, data_id=data_id(inputs.data),
-                                            criterion=base.criterion, rates=options["rates"],
-                                            round_to=base.round_to, work_dir=inputs.work_dir, token=inputs.token)
+        curves = yield from self._curves(inputs, options)
         yield Phase("allocate", f"Allocating rates for {', '.join(t.text for t in targets)}")
         meter = FigureMeter(model, inputs.input_size, targets, latency)
         trials = _Trials(inputs, options, meter, read_trials(inputs.work_dir))
@@ -189,6 +185,20 @@ class TargetSearch(Method):
                    "original": {"top1": original_top1, **meter.original}, "trials": done,
                    "sensitivity_key": curves.key}
         return self._outcome(done, summary, base, meter, options["tolerance"])
+
+    def prepare(self, inputs: MethodInput, options: dict) -> Generator[object, None, None]:
+        """The sensitivity analysis, into the user's cache, where each member of a family finds it."""
+        self.check_input(inputs)
+        model = copy.deepcopy(inputs.model).cpu().eval()
+        yield from self._curves(replace(inputs, model=model, work_dir=None), options)
+
+    @staticmethod
+    def _curves(inputs: MethodInput, options: dict) -> Generator[object, None, object]:
+        base = inputs.plan or PruningPlan()
+        batches = calibration_split(inputs.data.val, options["images"], 250, inputs.seed)
+        return (yield from load_or_analyse(inputs.model, inputs.input_size, batches, data_id=data_id(inputs.data),
+                                           criterion=base.criterion, rates=options["rates"], round_to=base.round_to,
+                                           work_dir=inputs.work_dir, token=inputs.token))
 
     def _outcome(self, done, summary, base, meter, tolerance) -> MethodResult:
         """The winner's plan, or a `StudioError` naming the best point when no trial meets targets and floor."""
