@@ -40,7 +40,7 @@ def _trial_facts(trials: list[dict]) -> list[tuple]:
 
 @needs_two_cores
 def test_a_parallel_grid_gives_the_same_trials_as_a_sequential_one(tmp_path, monkeypatch):
-    import studio.engine.methods.rate_pairs as rate_pairs
+    from studio.engine.methods import rate_pairs
     monkeypatch.setattr(rate_pairs, "grid_points", lambda res, top: [0.0, 0.3])   # 4 trials
     sequential = run_to_end(run_search(grid_recipe(1), tmp_path / "seq")).metrics["search"]
     events = []
@@ -139,7 +139,7 @@ def test_a_studio_error_keeps_its_fix_across_processes():
 
 @needs_two_cores
 def test_a_cancelled_parallel_grid_stops_and_keeps_its_finished_trials(tmp_path, monkeypatch):
-    import studio.engine.methods.rate_pairs as rate_pairs
+    from studio.engine.methods import rate_pairs
     monkeypatch.setattr(rate_pairs, "grid_points", lambda res, top: [0.0, 0.3, 0.6])   # 9 trials
     token = CancelToken()
 
