@@ -262,23 +262,28 @@ def parallel_grid(args) -> None:
         search = run_to_end(run_search(recipe, root / f"p{parallel}")).metrics["search"]
         runs[parallel] = {"wall_seconds": round(time.perf_counter() - started, 1), "ran": search["ran"],
                           "winner": search["winner"],
-                          "trials": [{k: t[k] for k in ("trial", "structured", "unstructured", "top1", "figures")}
-                                     for t in search["trials"]]}
+                          "trials": [{k: t[k] for k in ("trial", "structured", "unstructured", "top1", "figures",
+                                                                  "floor_ok")} for t in search["trials"]]}
         log(f"  {runs[parallel]['wall_seconds']} s, {search['ran']}")
     one, many = runs[1], runs[args.parallel_grid]
-    same = [(a["structured"], a["unstructured"], a["figures"], round(a["top1"], 6))
-            == (b["structured"], b["unstructured"], b["figures"], round(b["top1"], 6))
-            for a, b in zip(one["trials"], many["trials"])]
+    pairs = [(a, b) for a, b in zip(one["trials"], many["trials"])]
     out = {"command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__},
-           "runs": {str(k): v for k, v in runs.items()}, "same_trials": sum(same), "trials": len(same),
+           "runs": {str(k): v for k, v in runs.items()}, "trials": len(pairs),
+           "same_pairs": all((a["structured"], a["unstructured"]) == (b["structured"], b["unstructured"])
+                             for a, b in pairs),
+           "same_floor_decisions": sum(a["floor_ok"] == b["floor_ok"] for a, b in pairs),
+           "max_size_difference": max(abs(a["figures"]["size"] / b["figures"]["size"] - 1) for a, b in pairs),
+           "max_top1_difference": max(abs(a["top1"] - b["top1"]) for a, b in pairs),
            "same_winner": one["winner"] == many["winner"]}
     write_text(Path(args.results), json.dumps(out, indent=2) + "\n")
     print(f"| at a time | trials | wall s |\n| ---: | ---: | ---: |\n| 1 | {len(one['trials'])} | "
           f"{one['wall_seconds']:.0f} |\n| {args.parallel_grid} ({many['ran']}) | {len(many['trials'])} | "
           f"{many['wall_seconds']:.0f} |")
-    print(f"\nparallel / sequential wall time {many['wall_seconds'] / one['wall_seconds']:.2f}; "
-          f"{sum(same)} of {len(same)} trials the same; same winner: {out['same_winner']}")
+    print(f"\nparallel / sequential wall time {many['wall_seconds'] / one['wall_seconds']:.2f}; same pairs "
+          f"{out['same_pairs']}, same floor decision in {out['same_floor_decisions']} of {len(pairs)}, largest "
+          f"difference: size {out['max_size_difference']:.2%}, top-1 {out['max_top1_difference'] * 100:.2f} points; "
+          f"same winner: {out['same_winner']}")
 
 
 def family(args) -> None:

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
     p.add_argument("--sparsity", type=float, default=0.0, help="extra unstructured magnitude sparsity, in [0, 1)")
     p.add_argument("--data", help="dataset folder/spec (needed for fine-tuning, accuracy and data-driven criteria)")
+    p.add_argument("--reconstruct", choices=["ls", "lasso", "cap"],
+                   help="after pruning, refit the layers that lost inputs by least squares (no training); lasso / "
+                        "cap also choose the channels (He et al. 2017 / compensation-aware)")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for --reconstruct")
+    p.add_argument("--ridge", type=float, default=1e-3, help="ridge term of --reconstruct's fits")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--retrain", action="store_true",
                    help="re-initialise the pruned model and train it from scratch for --finetune-epochs")
@@ -182,6 +187,7 @@ def _model_source(args):
 
 def _recipe_from_prune_args(args):
     from studio.engine.jobs import DataSource, Recipe
+    from studio.engine.jobs.recipe import ReconstructOptions
     from studio.engine.pruning import PruningPlan
     from studio.engine.training import TrainConfig
 
@@ -198,6 +204,8 @@ def _recipe_from_prune_args(args):
         exports=[f.strip() for f in args.export.split(",") if f.strip()],
         seed=args.seed,
         retrain=args.retrain,
+        reconstruct=ReconstructOptions(method=args.reconstruct, batches=args.calib_batches, ridge=args.ridge)
+        if args.reconstruct else None,
     )
     recipe.validate()
     return recipe
@@ -230,7 +238,10 @@ def _print_outcome(metrics: dict) -> None:
     print(f"params {b['params']:,} → {a['params']:,}   MACs {b['macs']:,} → {a['macs']:,} "
           f"({b['macs'] / max(a['macs'], 1):.2f}× fewer){size}")
     if a.get("top1") is not None:
-        print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%")
+        steps = [("pruned", "after pruning"), ("reconstructed", "after reconstruction")]
+        between = ", ".join(f"{(metrics.get(k) or {})['top1'] * 100:.2f}% {label}" for k, label in steps
+                            if k in metrics and (metrics.get(k) or {}).get("top1") is not None)
+        print(f"top-1 {b['top1'] * 100:.2f}% → {a['top1'] * 100:.2f}%" + (f"   ({between})" if between else ""))
 
 
 def _run_job(recipe, out) -> int:

@@ -440,12 +440,12 @@ def test_hrank_must_collect_before_scoring():
 
 
 def test_registry():
-    assert list(CRITERIA) == ["l1", "l2", "bn_scale", "slg", "taylor", "fpgm", "hrank", "lamp", "random"]
+    assert list(CRITERIA) == ["l1", "l2", "bn_scale", "slg", "taylor", "fpgm", "hrank", "lamp", "lasso", "cap", "random"]
     for c in CRITERIA.values():
         first, second = c.make(), c.make()
         assert isinstance(first, tp.importance.Importance) and first is not second
         assert c.title and c.description and c.paper
-    assert [c.name for c in CRITERIA.values() if c.needs_data] == ["taylor", "hrank"]
+    assert [c.name for c in CRITERIA.values() if c.needs_data] == ["taylor", "hrank", "lasso", "cap"]
     assert [c.name for c in CRITERIA.values() if c.needs_gradients] == ["taylor"]
     with pytest.raises(StudioError, match="l1, l2, bn_scale"):
         get_criterion("magic")

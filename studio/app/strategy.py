@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from typing import Optional
 
 from PySide6.QtCore import QLocale, QSignalBlocker, QSize, Qt, Signal
@@ -28,13 +29,17 @@ from PySide6.QtWidgets import (
 from studio.app.inspector import dim_color, scrolling_body, section_label
 from studio.app.target_panel import TargetForm
 from studio.engine.jobs import Recipe
-from studio.engine.jobs.recipe import SearchOptions
+from studio.engine.jobs.recipe import ReconstructOptions, SearchOptions
 from studio.engine.jobs.report import human_count
 from studio.engine.pruning import CRITERIA
 
 PANEL_WIDTH = 340           # preferred dock width
 MAX_RATE_PCT = 95
 NEEDS_DATA_COLOR = "#c98a12"
+AFTER_PRUNING = (("finetune", "Fine-tune"), ("reconstruct", "Reconstruct (no training)"),
+                 ("reconstruct+finetune", "Reconstruct, then fine-tune"), ("retrain", "Retrain from scratch"))
+RECONSTRUCT_CHOICES = (("ls", "Least squares"), ("lasso", "LASSO + least squares"),
+                       ("cap", "Compensation-aware (CaP)"))
 DEVICES = (("auto", "Auto (best available)"), ("cuda", "CUDA (NVIDIA GPU)"),
            ("mps", "MPS (Apple GPU)"), ("cpu", "CPU"))
 
@@ -244,12 +249,23 @@ class StrategyPanel(QWidget):
         # -- After pruning
         form = self._form("After pruning", lay)
         self._mode = QComboBox()
-        self._mode.addItem("Fine-tune", False)
-        self._mode.addItem("Retrain from scratch", True)
+        for key, text in AFTER_PRUNING:
+            self._mode.addItem(text, key)
         self._row(form, "Then", self._mode,
-                  "Fine-tune: keep the surviving weights and train a little more. Retrain from scratch: "
-                  "re-initialise the smaller network and train it fully (needs more epochs).")
+                  "Fine-tune: keep the surviving weights and train a little more. Reconstruct: refit the layers "
+                  "that lost inputs by least squares on a few calibration images, so their outputs match the "
+                  "original's (seconds, no training; He et al. 2017), optionally followed by fine-tuning. "
+                  "Retrain from scratch: re-initialise the smaller network and train it fully (needs more epochs).")
         self._after_form = form
+        self._recon_method = QComboBox()
+        for key, text in RECONSTRUCT_CHOICES:
+            self._recon_method.addItem(text, key)
+        self._row(form, "Channels by", self._recon_method,
+                  "Least squares keeps the criterion's channels and refits. LASSO (He et al. 2017) and "
+                  "compensation-aware (CaP, Xie et al. 2021) choose the channels for the refit instead.")
+        self._recon_batches = self._row(form, "Calibration", self._count(1, 1000),
+                                        "Batches of training images the fits are computed on (batch size below).")
+        self._recon_batches.setSuffix(" batches")
         self._epochs = self._row(form, "Epochs", self._count(0, 1000, "off"),
                                  "Training epochs after pruning; 'off' skips training (the accuracy drop "
                                  "is then measured as is). Needs data.")
@@ -297,15 +313,17 @@ class StrategyPanel(QWidget):
         self._criterion.currentIndexChanged.connect(self._update_criterion_info)
         self._sparse_epochs.valueChanged.connect(self._update_enabled)
         self._epochs.valueChanged.connect(self._update_enabled)
+        self._mode.currentIndexChanged.connect(self._update_enabled)
         self._device.currentIndexChanged.connect(self._update_enabled)
         for spin in (self._rate, self._round_to, self._steps, self._sparsity, self._sparse_epochs,
-                     self._epochs, self._batch):
+                     self._epochs, self._batch, self._recon_batches):
             spin.setKeyboardTracking(False)      # one `changed` per finished edit, not per keystroke
             spin.setAlignment(Qt.AlignRight)
             spin.valueChanged.connect(self.changed)
         self._rates_mode.currentIndexChanged.connect(self._update_enabled)
         self.target_form.changed.connect(self.changed)
-        for combo in (self._rates_mode, self._criterion, self._ranking, self._mode, self._device):
+        for combo in (self._rates_mode, self._criterion, self._ranking, self._mode, self._recon_method,
+                      self._device):
             # Size by a short text, not the longest item, so the panel can stay narrow.
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(8)
@@ -316,8 +334,8 @@ class StrategyPanel(QWidget):
 
     def _inputs(self) -> list[QWidget]:
         return [self._rates_mode, self.target_form, self._criterion, self._rate, self._ranking, self._round_to, self._steps, self._sparsity,
-                self._sparse_epochs, self._bn_l1, self._mode, self._epochs, self._lr, self._batch,
-                self._device, self._amp]
+                self._sparse_epochs, self._bn_l1, self._mode, self._recon_method, self._recon_batches,
+                self._epochs, self._lr, self._batch, self._device, self._amp]
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         return QSize(PANEL_WIDTH, 600)
@@ -347,7 +365,13 @@ class StrategyPanel(QWidget):
         self._sparsity.setValue(plan.unstructured_sparsity * 100)
         self._sparse_epochs.setValue(sparse.epochs)
         self._bn_l1.setValue(sparse.bn_l1)
-        self._mode.setCurrentIndex(1 if getattr(recipe, "retrain", False) else 0)
+        rec = recipe.reconstruct
+        mode = ("retrain" if recipe.retrain else "finetune" if rec is None
+                else "reconstruct+finetune" if tune.epochs > 0 else "reconstruct")
+        self._mode.setCurrentIndex(max(0, self._mode.findData(mode)))
+        self._recon = rec or ReconstructOptions()
+        self._recon_method.setCurrentIndex(max(0, self._recon_method.findData(self._recon.method)))
+        self._recon_batches.setValue(self._recon.batches)
         self._epochs.setValue(tune.epochs)
         self._lr.setValue(tune.lr)
         self._batch.setValue(recipe.data.batch_size)
@@ -368,8 +392,11 @@ class StrategyPanel(QWidget):
         plan.unstructured_sparsity = round(self._sparsity.value() / 100, 4)
         recipe.sparse_training.epochs = self._sparse_epochs.value()
         recipe.sparse_training.bn_l1 = self._bn_l1.value()
-        setattr(recipe, "retrain", bool(self._mode.currentData()))
-        recipe.finetune.epochs = self._epochs.value()
+        mode = self._mode.currentData()
+        recipe.retrain = mode == "retrain"
+        recipe.finetune.epochs = 0 if mode == "reconstruct" else self._epochs.value()
+        recipe.reconstruct = None if not mode.startswith("reconstruct") or self.target_mode else replace(
+            self._recon, method=self._recon_method.currentData(), batches=self._recon_batches.value())
         recipe.finetune.lr = self._lr.value()
         recipe.data.batch_size = self._batch.value()
         recipe.search = self.target_form.search_options() if self.target_mode else None
@@ -435,7 +462,10 @@ class StrategyPanel(QWidget):
         tuning = self._epochs.value() > 0
         training = tuning or self._sparse_epochs.value() > 0
         # Batch size stays editable: it also sizes the calibration batches of data-driven criteria.
-        self._mode.setEnabled(tuning)
+        mode = self._mode.currentData() or "finetune"
+        reconstructing = mode.startswith("reconstruct")
+        self._epochs.setEnabled(mode != "reconstruct")
+        tuning = tuning and mode != "reconstruct"
         self._lr.setEnabled(tuning)
         self._device.setEnabled(training)
         device = self._device.currentData() or ""
@@ -445,7 +475,9 @@ class StrategyPanel(QWidget):
         for widget in (self._rate, self._ranking, self._steps):
             self._pruning_form.setRowVisible(widget, not target)
         self._target_box_form.parentWidget().setVisible(target)
-        self._mode.setEnabled(tuning and not target)
+        self._mode.setEnabled(not target)
+        for widget in (self._recon_method, self._recon_batches):
+            self._after_form.setRowVisible(widget, reconstructing and not target)
         label = self._after_form.labelForField(self._epochs)
         if label is not None:
             label.setText("Epochs per trial" if target else "Epochs")

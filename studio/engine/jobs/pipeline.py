@@ -34,7 +34,8 @@ from studio.engine.jobs.recipe import Recipe, TrainingRecipe
 from studio.engine.jobs.report import write_report
 from studio.engine.metrics import measure
 from studio.engine.models import LoadedModel, load_model, save_checkpoint
-from studio.engine.pruning import PruneResult, get_criterion, prune
+from studio.engine.methods import MethodInput, get_method
+from studio.engine.pruning import PruneResult, PruningPlan, get_criterion, prune
 from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
 
 
@@ -147,6 +148,16 @@ def load_job_inputs(recipe: Recipe, loaded: Optional[LoadedModel], bundle: Optio
     return loaded, bundle
 
 
+def pruning_plan(recipe: Recipe) -> PruningPlan:
+    """The plan surgery uses: the recipe's, with the criterion of a ``lasso`` or ``cap`` reconstruction."""
+    method = recipe.reconstruct.method if recipe.reconstruct is not None else "ls"
+    if method == "ls" or recipe.plan.criterion == method:
+        return recipe.plan
+    plan = copy.deepcopy(recipe.plan)
+    plan.criterion = method
+    return plan
+
+
 def _snapshot(label: str, values) -> MetricsSnapshot:
     return MetricsSnapshot(label, values.to_dict())
 
@@ -208,12 +219,28 @@ def _run(recipe, staging, token, loaded, bundle, started):
         history["sparse-train"] = trained.history
         work = work.cpu()
 
-    pruned: PruneResult = yield from prune(work, recipe.plan, example, calibration=calib, token=token)
+    plan = pruning_plan(recipe)
+    if plan is not recipe.plan:
+        yield Log(f"Channels chosen by the {plan.criterion} criterion, as reconstruct.method "
+                  f"'{recipe.reconstruct.method}' asks (in place of {recipe.plan.criterion}).")
+    pruned: PruneResult = yield from prune(work, plan, example, calibration=calib, token=token)
     model = pruned.model.cpu()
     check_pruned_model(model, example, expected_shape, warnings)
     if main:
         pruned_metrics = yield from measured(model)
         yield _snapshot("pruned", pruned_metrics)
+    reconstruction = reconstructed = None
+    if recipe.reconstruct is not None:
+        found = yield from get_method("reconstruct").run(
+            MethodInput(model=model, input_size=input_size, data=bundle, plan=plan, token=token, seed=recipe.seed,
+                        finetune=replace(recipe.finetune, batch_size=recipe.data.batch_size),
+                        reference=work, history=pruned.history),
+            recipe.reconstruct.method_options())
+        model, reconstruction = found.model, found.summary
+        warnings.extend(f"Reconstruction: {note}" for note in found.notes if "left as pruned" in note)
+        if main:
+            reconstructed = yield from measured(model)
+            yield _snapshot("reconstructed", reconstructed)
 
     if recipe.finetune.epochs > 0:
         phase = "fine-tune"
@@ -232,7 +259,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
 
     metrics = {}
     if main:
-        after = pruned_metrics
+        after = reconstructed or pruned_metrics
         if recipe.finetune.epochs > 0:
             after = yield from measured(model)
             yield _snapshot("after", after)
@@ -255,8 +282,10 @@ def _run(recipe, staging, token, loaded, bundle, started):
                 "spec": bundle.spec, "summary": bundle.summary(), "num_classes": bundle.num_classes,
                 "train_samples": len(bundle.train) if bundle.train is not None else 0,
                 "val_samples": len(bundle.val)},
-            "plan": recipe.plan.to_dict(),
+            "plan": plan.to_dict(),
             "before": before.to_dict(), "pruned": pruned_metrics.to_dict(), "after": after.to_dict(),
+            **({"reconstructed": reconstructed.to_dict(), "reconstruction": reconstruction}
+               if reconstructed is not None else {}),
             "layers": [vars(layer) for layer in pruned.layers],
             "history": history,
             "exports": [{**vars(e), "path": Path(e.path).name} for e in exports],

@@ -63,6 +63,22 @@ SEARCH_METHODS = ("allocate", "heuristic", "grid")
 
 
 @dataclass
+class ReconstructOptions:
+    """Recover accuracy without training, right after pruning (`studio.engine.methods.reconstruct`).
+
+    ``method``: ``ls`` refits the layers after the plan's criterion chose the channels;
+    ``lasso`` and ``cap`` choose the channels by LASSO (He et al. 2017) or by the error left
+    after compensation (CaP, our reading), in place of the plan's criterion, then refit.
+    """
+    method: str = "ls"
+    batches: int = 8          # calibration batches of data.batch_size images, from the training split
+    ridge: float = 1e-3       # relative to the mean diagonal of XᵀX
+
+    def method_options(self) -> dict:
+        return get_method("reconstruct").resolve_options(asdict(self))
+
+
+@dataclass
 class SearchOptions:
     """A target search instead of fixed rates: the studio finds per-layer rates for ``targets``.
 
@@ -105,12 +121,15 @@ class Recipe:
     seed: int = 0
     retrain: bool = False     # after pruning, re-initialise and train from scratch (UCP, Chang et al. 2020)
     search: Optional[SearchOptions] = None   # find the rates for a target (the plan's rates are then ignored)
+    reconstruct: Optional[ReconstructOptions] = None   # least-squares refit after pruning, before fine-tuning
     version: int = RECIPE_VERSION
 
     def to_dict(self) -> dict:
         search = {"search": asdict(self.search)} if self.search is not None else {}
+        reconstruct = {"reconstruct": asdict(self.reconstruct)} if self.reconstruct is not None else {}
         return {
             **search,
+            **reconstruct,
             "version": self.version,
             "seed": self.seed,
             "retrain": self.retrain,
@@ -148,6 +167,7 @@ class Recipe:
             seed=int(d.get("seed", 0)),
             retrain=d.get("retrain", False),
             search=_search_section(d.get("search")),
+            reconstruct=_reconstruct_section(d.get("reconstruct")),
         )
         recipe.validate()
         return recipe
@@ -179,6 +199,15 @@ class Recipe:
                               "or set retrain to false.")
         self.sparse_training.validate()
         self.finetune.validate()
+        if self.reconstruct is not None:
+            self.reconstruct.method_options()
+            if not self.data.spec:
+                raise StudioError("Reconstruction fits the pruned layers on calibration images, and the recipe has "
+                                  "no data.", "Give data (--data), or drop the reconstruct step.")
+            if self.search is not None:
+                raise StudioError("A target search does not reconstruct its trials, so its winner would not be the "
+                                  "model it verified.", "Drop the reconstruct section from the search, then run the "
+                                  "winner's recipe with a reconstruct section added.")
         if self.search is not None:
             if self.search.method not in SEARCH_METHODS:
                 raise StudioError(f"Unknown search method '{self.search.method}'.",
@@ -207,6 +236,15 @@ class Recipe:
                 raise StudioError(f"search.parallel must be a whole number of at least 1 (got {parallel!r}).",
                                   "Use 1 to run the trials one after another.")
             self.search.method_options(self.measure.device, self.data.eval_batches)
+
+
+def _reconstruct_section(given) -> Optional[ReconstructOptions]:
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise StudioError("Recipe section 'reconstruct' must be an object.", "See docs/RECIPES.md.")
+    _check_keys("reconstruct", given, ReconstructOptions)
+    return ReconstructOptions(**given)
 
 
 def _search_section(given) -> Optional[SearchOptions]:

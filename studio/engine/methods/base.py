@@ -91,6 +91,8 @@ class MethodInput:
     finetune: Optional[TrainConfig] = None   # the training a method may spend (per search trial, recovery)
     sparse_training: Optional[TrainConfig] = None   # training before pruning (network slimming's L1 on γ)
     parallel: int = 1    # independent pieces of work (trials) the method may run at once, one process each
+    reference: Optional[nn.Module] = None   # the model before the last step (what reconstruction matches)
+    history: Optional[list] = None          # the pruning history from ``reference`` to ``model``
 
 
 @dataclass

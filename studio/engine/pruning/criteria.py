@@ -18,6 +18,7 @@ from torch import nn
 from torch_pruning.pruner import function as tp_fn
 
 from studio.engine.errors import StudioError
+from studio.engine.pruning.fit_criteria import CompensationImportance, LassoImportance
 
 # Pruning functions that remove a layer's *output* channels (its filters / neurons).
 _OUT_CHANNEL_FNS = (
@@ -268,6 +269,12 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               "Lin et al., CVPR 2020", True, False, HRankImportance),
     Criterion("lamp", "LAMP", "Layer-adaptive magnitude score, comparable across layers.",
               "Lee et al., ICLR 2021", False, False, tp.importance.LAMPImportance),
+    Criterion("lasso", "LASSO selection", "Channels a LASSO regression of the next layers' outputs on each "
+              "channel's contribution keeps longest (then refit by least squares: --reconstruct lasso).",
+              "He, Zhang & Sun, ICCV 2017", True, False, LassoImportance),
+    Criterion("cap", "Compensation-aware (CaP)", "Channels whose removal leaves the least error after the next "
+              "layers are refit without them.", "Xie et al., arXiv:2108.13728, 2021 (our reading)", True, False,
+              CompensationImportance),
     Criterion("random", "Random", "Uniformly random scores: the baseline every criterion must beat.",
               "baseline", False, False, tp.importance.RandomImportance),
 )}
