@@ -317,3 +317,37 @@ def test_scientific_field_keeps_the_last_good_value(strategy, qtbot):
     r = Recipe()
     strategy.apply_to(r)
     assert r.sparse_training.bn_l1 == 3e-5
+
+
+def test_strategy_offers_reconstruction_after_pruning(strategy, qtbot):
+    from studio.engine.jobs.recipe import ReconstructOptions
+    source = Recipe()
+    source.finetune.epochs = 2
+    source.reconstruct = ReconstructOptions(method="cap", batches=5, ridge=0.01)
+    strategy.set_recipe(source)
+    assert strategy._mode.currentData() == "reconstruct+finetune"
+    assert strategy._after_form.isRowVisible(strategy._recon_method)
+    fresh = Recipe()
+    strategy.apply_to(fresh)
+    assert fresh.reconstruct == source.reconstruct and fresh.finetune.epochs == 2 and not fresh.retrain
+    # No training: the epochs field is off and the recipe fine-tunes for 0 epochs.
+    with qtbot.waitSignal(strategy.changed):
+        strategy._mode.setCurrentIndex(strategy._mode.findData("reconstruct"))
+    assert not strategy._epochs.isEnabled()
+    strategy.apply_to(fresh)
+    assert fresh.reconstruct.method == "cap" and fresh.finetune.epochs == 0
+    strategy._mode.setCurrentIndex(strategy._mode.findData("finetune"))
+    assert not strategy._after_form.isRowVisible(strategy._recon_method)
+    strategy.apply_to(fresh)
+    assert fresh.reconstruct is None
+    strategy.grab().save("/tmp/strategy_reconstruct.png")
+
+
+def test_lasso_and_cap_take_the_place_of_the_criterion(strategy):
+    from studio.engine.jobs.recipe import ReconstructOptions
+    source = Recipe()
+    source.reconstruct = ReconstructOptions(method="lasso")
+    strategy.set_recipe(source)
+    assert not strategy._criterion.isEnabled()
+    strategy._recon_method.setCurrentIndex(strategy._recon_method.findData("ls"))
+    assert strategy._criterion.isEnabled()

@@ -222,7 +222,7 @@ class LivePlots(QWidget):
                     buf.before = sizes
                     buf.before_top1 = finite(values.get("top1"))
                     self._dirty.update(("size", "ref"))
-                elif event.label in ("pruned", "after"):
+                elif event.label in ("pruned", "reconstructed", "after"):
                     buf.now = sizes
                     self._dirty.add("size")
         if self._dirty and not self._timer.isActive():

@@ -314,6 +314,7 @@ class StrategyPanel(QWidget):
         self._sparse_epochs.valueChanged.connect(self._update_enabled)
         self._epochs.valueChanged.connect(self._update_enabled)
         self._mode.currentIndexChanged.connect(self._update_enabled)
+        self._recon_method.currentIndexChanged.connect(self._update_enabled)
         self._device.currentIndexChanged.connect(self._update_enabled)
         for spin in (self._rate, self._round_to, self._steps, self._sparsity, self._sparse_epochs,
                      self._epochs, self._batch, self._recon_batches):
@@ -465,6 +466,8 @@ class StrategyPanel(QWidget):
         mode = self._mode.currentData() or "finetune"
         reconstructing = mode.startswith("reconstruct")
         self._epochs.setEnabled(mode != "reconstruct")
+        # LASSO and CaP choose the channels themselves, in place of the criterion.
+        self._criterion.setEnabled(not (reconstructing and self._recon_method.currentData() != "ls"))
         tuning = tuning and mode != "reconstruct"
         self._lr.setEnabled(tuning)
         self._device.setEnabled(training)

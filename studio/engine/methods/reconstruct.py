@@ -117,7 +117,7 @@ class Reconstruct(Method):
         kept = kept_outputs(reference, inputs.history, example)
         names = forward_order(model, example, consumers_of(reference, model))
         yield Phase("reconstruct", f"Reconstructing {len(names)} layer(s) by least squares on {images} images")
-        targets = self._targets(reference, names, kept, batches)
+        targets = self._targets(reference, names, kept, batches, dict(model.named_modules()))
         keep_zeros = bool(inputs.plan is not None and inputs.plan.unstructured_sparsity > 0)
         records, notes = [], []
         for k, name in enumerate(names):
@@ -126,7 +126,7 @@ class Reconstruct(Method):
             records.append(record)
             if record["note"]:
                 notes.append(f"{name}: {record['note']}")
-                yield Log(f"Reconstruction, {name}: {record['note']}", "warning" if not record["fitted"] else "info")
+                yield Log(f"Reconstruction, {name}: {record['note']}", "warning" if record["note"].startswith("left as pruned") else "info")
             yield Progress("reconstruct", k + 1, len(names), f"{name}: error {record['before']:.3f} → "
                            f"{record['after']:.3f}" if record["fitted"] else f"{name}: left as pruned")
         fitted = [r for r in records if r["fitted"]]
@@ -146,15 +146,17 @@ class Reconstruct(Method):
         return calibration_split(source, count * size, size, inputs.seed)
 
     @staticmethod
-    def _targets(reference: nn.Module, names: list[str], kept: dict, batches: list) -> dict:
-        """Each layer's original output at the sampled positions and kept channels, per batch."""
+    def _targets(reference: nn.Module, names: list[str], kept: dict, batches: list, pruned: dict) -> dict:
+        """Each layer's original output at the sampled positions and kept channels, per batch
+        (grouped as the pruned layer is: ``pruned`` maps names to its modules)."""
         modules = dict(reference.named_modules())
         targets: dict = {n: [] for n in names}
         batch_no = [0]
 
         def on_forward(layer, inputs, output, name):
             picks = _picks(layer, output, batch_no[0], names.index(name))
-            targets[name].append(layer_targets(layer, output, picks, kept.get(name)).float())
+            groups = getattr(pruned[name], "groups", 1)
+            targets[name].append(layer_targets(layer, output, picks, kept.get(name), groups).float())
 
         hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: on_forward(m, i, o, n))
                  for n in names if n in modules]
@@ -224,6 +226,10 @@ class Reconstruct(Method):
             return record
         current = weight_matrix(layer)
         record["before"] = eq.error(current)
+        if record["before"] < 1e-10:
+            record["after"] = record["before"]
+            record["note"] = "already matches the original: its kept inputs did not change"
+            return record
         try:
             w, note = eq.solve(ridge)
         except np.linalg.LinAlgError:

@@ -81,8 +81,11 @@ def layer_rows(layer: nn.Module, x: torch.Tensor, picks: Optional[torch.Tensor])
 
 
 def layer_targets(layer: nn.Module, y: torch.Tensor, picks: Optional[torch.Tensor],
-                  keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``layer``'s output at the same positions, channels ``keep`` only: (samples, groups, outputs per group)."""
+                  keep: Optional[torch.Tensor] = None, groups: Optional[int] = None) -> torch.Tensor:
+    """``layer``'s output at the same positions, channels ``keep`` only: (samples, groups, outputs per group).
+
+    ``groups`` is that of the layer the targets are for (a pruned depthwise conv has fewer).
+    """
     if isinstance(layer, nn.Linear):
         flat = y.detach().reshape(-1, y.shape[-1])
     else:
@@ -93,7 +96,7 @@ def layer_targets(layer: nn.Module, y: torch.Tensor, picks: Optional[torch.Tenso
     if keep is not None:
         flat = flat[:, keep.to(flat.device)]
     flat = flat.double()
-    return flat.view(flat.shape[0], groups_of(layer), -1)
+    return flat.view(flat.shape[0], groups or groups_of(layer), -1)
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
