@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size=min (heuristic, grid); macs=1.5x,2x,3x: a family, one model per value")
     p.add_argument("--max-drop", type=float, default=None,
                    help="points of top-1 the result may lose (default 1.0; size=min needs it given)")
-    p.add_argument("--method", default="allocate", choices=["allocate", "heuristic", "grid"],
-                   help="allocate: per-layer rates for a target from sensitivity curves; heuristic / grid: "
+    p.add_argument("--method", default="allocate", choices=["allocate", "cap", "heuristic", "grid"],
+                   help="allocate: per-layer rates for a target from sensitivity curves; cap: from the error left "
+                        "after least-squares compensation, each trial refit before fine-tuning; heuristic / grid: "
                         "structured + unstructured rates pushed to the floor for size=min")
     p.add_argument("--resolution", type=float, default=0.1, help="heuristic and grid: step between rates tried")
     p.add_argument("--sparse-epochs", type=int, default=0,

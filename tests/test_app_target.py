@@ -121,7 +121,7 @@ def test_the_target_form_takes_size_min_and_the_pair_methods(qtbot):
     assert form.target_error() == "" and not form.error.isVisible()
     options = form.search_options()
     assert (options.method, options.targets, options.max_drop) == ("heuristic", ["size=min"], 1.5)
-    assert [form.method.itemData(i) for i in range(form.method.count())] == ["allocate", "heuristic", "grid"]
+    assert [form.method.itemData(i) for i in range(form.method.count())] == ["allocate", "cap", "heuristic", "grid"]
     form.kind.setCurrentIndex(form.kind.findData("macs"))
     assert "push to the floor" in form.target_error()
 

@@ -322,3 +322,25 @@ def test_the_cli_flags_build_the_reconstruct_section(tmp_path, capsys):
     saved = json.loads((tmp_path / "run" / "recipe.json").read_text())
     assert saved["reconstruct"]["method"] == "cap" and saved["reconstruct"]["batches"] == 2
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["plan"]["criterion"] == "cap"
+
+
+# ---------------------------------------------------------------- CaP as a search method
+
+def test_the_cap_search_meets_a_target_and_its_winner_repeats_the_refit(tmp_path, monkeypatch):
+    from studio.engine.jobs.search import run_search
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = Recipe(model=ModelSource("cifar:resnet20"), data=DataSource(SYNTHETIC, batch_size=32),
+                    exports=["checkpoint"], finetune=TrainConfig(epochs=0),
+                    search=SearchOptions(method="cap", targets=["macs=2x"], max_drop=100.0, images=64))
+    events = []
+    metrics = run_to_end(run_search(recipe, tmp_path / "s"), events.append).metrics
+    search = metrics["search"]
+    assert search["method"] == "cap" and search["outcome"] == "met"
+    winner = next(t for t in search["trials"] if t["trial"] == search["winner"])
+    assert 1.96 <= winner["ratios"]["macs"] <= 2.1 and "top1_reconstructed" in winner
+    assert any(isinstance(e, Log) and "Compensated-error curves" in e.message for e in events)
+    saved = json.loads((tmp_path / "s" / "recipe.json").read_text())
+    assert saved["reconstruct"]["method"] == "cap" and saved["plan"]["criterion"] == "cap"
+    assert metrics["reconstruction"]["method"] == "cap"
+    # The verified trial and the final run are the same chain: same MACs.
+    assert metrics["after"]["macs"] == winner["figures"]["macs"]

@@ -65,8 +65,8 @@ def test_a_goal_is_met_within_the_tolerance():
 
 def toy_curves(model) -> SensitivityResult:
     """Hand-made curves for ResNet-20's groups: residual groups steep, inner convs flat."""
-    from studio.engine.methods.sensitivity import _groups
-    _, groups = _groups(model.eval(), torch.randn(1, 3, 32, 32))
+    from studio.engine.methods.sensitivity import prunable_groups
+    _, groups = prunable_groups(model.eval(), torch.randn(1, 3, 32, 32))
     names = {m: n for n, m in model.named_modules()}
     curves = []
     for group in groups:

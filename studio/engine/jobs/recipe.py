@@ -59,7 +59,7 @@ class MeasureOptions:
     runs: int = 20
 
 
-SEARCH_METHODS = ("allocate", "heuristic", "grid")
+SEARCH_METHODS = ("allocate", "cap", "heuristic", "grid")
 
 
 @dataclass
@@ -225,8 +225,9 @@ class Recipe:
                 raise StudioError(f"search.max_drop {drop:g} puts the accuracy floor above the original accuracy, "
                                   "which no pruned model can reach.",
                                   "Give the points of top-1 the result may lose, e.g. 1.0 (0 keeps the original).")
-            if self.search.method == "allocate" and self.sparse_training.epochs > 0:
-                raise StudioError("The allocate method analyses the model as it is; it does not sparse-train first.",
+            if self.search.method in ("allocate", "cap") and self.sparse_training.epochs > 0:
+                raise StudioError(f"The {self.search.method} method analyses the model as it is; it does not "
+                                  "sparse-train first.",
                                   "Set the sparse-training epochs to 0, or use --method heuristic or grid.")
             if self.retrain:
                 raise StudioError("A target search fine-tunes its trials; it cannot retrain from scratch.",

@@ -22,7 +22,7 @@ from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log
 from studio.engine.files import write_text
 from studio.engine.jobs.pipeline import RunResult, json_safe, load_job_inputs, run_recipe
-from studio.engine.jobs.recipe import Recipe
+from studio.engine.jobs.recipe import Recipe, ReconstructOptions
 from studio.engine.jobs.report import write_report
 from studio.engine.methods import MethodInput, get_method
 from studio.engine.methods.search import TRIALS_FILE
@@ -68,10 +68,13 @@ def _comparable(recipe: dict) -> dict:
     return {**recipe, "search": search} if "search" in recipe else recipe
 
 
-def winner_recipe(recipe: Recipe, plan) -> Recipe:
-    """The search recipe with the winner's plan and no search: what `studio run` repeats."""
+def winner_recipe(recipe: Recipe, plan, reconstruct: Optional[dict] = None) -> Recipe:
+    """The search recipe with the winner's plan (and the refit its trials made, if any) and no search:
+    what `studio run` repeats."""
     winner = copy.deepcopy(recipe)
     winner.plan, winner.search = plan, None
+    if reconstruct:
+        winner.reconstruct = ReconstructOptions(**reconstruct)
     return winner
 
 
@@ -130,7 +133,7 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
     method, inputs, options = search_inputs(recipe, loaded, bundle, out_dir, token)
     found = yield from method.run(inputs, options)
-    winner = winner_recipe(recipe, found.plan)
+    winner = winner_recipe(recipe, found.plan, found.summary.get("reconstruct"))
     yield Log(f"Winner: trial {found.summary['winner']}; running its recipe for the final model and report.")
     final = yield from run_recipe(winner, out_dir / WINNER_FOLDER, token=token, loaded=loaded, bundle=bundle)
     if not main:

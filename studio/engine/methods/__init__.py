@@ -18,7 +18,7 @@ Adding a method is one module here that defines the class and decorates it with
 `Option` list. Methods may import every building-block wing (models, data, graph,
 pruning, training, metrics, export) but never ``studio.engine.jobs``.
 """
-from studio.engine.methods import rate_pairs, reconstruct, search, sensitivity  # importing a method's module registers it
+from studio.engine.methods import cap_search, rate_pairs, reconstruct, search, sensitivity  # importing a method's module registers it
 from studio.engine.methods.base import (
                                         METHODS,
                                         Method,
@@ -31,4 +31,4 @@ from studio.engine.methods.base import (
 )
 
 __all__ = ["METHODS", "Method", "MethodInput", "MethodResult", "Option", "get_method", "list_methods", "register",
-           "rate_pairs", "reconstruct", "search", "sensitivity"]
+           "cap_search", "rate_pairs", "reconstruct", "search", "sensitivity"]

@@ -67,8 +67,10 @@ def best_trial(trials: list[dict]) -> Optional[dict]:
 class _Trials:
     """Runs (or replays) one trial: prune, measure, fine-tune, evaluate."""
 
-    def __init__(self, inputs: MethodInput, options: dict, meter: FigureMeter, recorded: list[dict]):
+    def __init__(self, inputs: MethodInput, options: dict, meter: FigureMeter, recorded: list[dict],
+                 recover=None):
         self.inputs, self.options, self.meter = inputs, options, meter
+        self.recover = recover     # an optional step between surgery and fine-tuning (CaP: the refit)
         self.recorded = recorded
         self.example = meter.example
         data = inputs.data
@@ -98,6 +100,10 @@ class _Trials:
         figures = {t.kind: measure_figure(t.kind, model, self.inputs.input_size, self.meter.latency)
                    for t in self.meter.targets}
         top1_pruned = yield from self.evaluate(model)
+        extra = {}
+        if self.recover is not None:
+            model = yield from self.recover(model, pruned, self.calibration)
+            extra["top1_reconstructed"] = yield from self.evaluate(model)
         cfg = self.inputs.finetune
         if cfg is not None and cfg.epochs > 0:
             yield from train(model, self.inputs.data.train, None, replace(cfg, seed=self.inputs.seed),
@@ -108,7 +114,7 @@ class _Trials:
         return {"trial": k, "tau": tau, "layer_rates": dict(plan.layer_rates),
                 "figures": figures, "predicted": predicted,
                 "ratios": {kind: original[kind] / max(v, 1e-12) for kind, v in figures.items()},
-                "top1_pruned": top1_pruned, "top1": top1,
+                "top1_pruned": top1_pruned, **extra, "top1": top1,
                 "met": self.meter.met(figures, self.options["tolerance"]), "floor_ok": top1 >= floor,
                 "seconds": round(time.perf_counter() - started, 2)}
 
@@ -157,7 +163,7 @@ class TargetSearch(Method):
         curves = yield from self._curves(inputs, options)
         yield Phase("allocate", f"Allocating rates for {', '.join(t.text for t in targets)}")
         meter = FigureMeter(model, inputs.input_size, targets, latency)
-        trials = _Trials(inputs, options, meter, read_trials(inputs.work_dir))
+        trials = _Trials(inputs, options, meter, read_trials(inputs.work_dir), self.recover(inputs, options))
         original_top1 = yield from trials.evaluate(model)
         floor = original_top1 - options["max_drop"] / 100
         yield Log(f"Original: {', '.join(t.describe(meter.original[t.kind]) for t in targets)}, "
@@ -186,14 +192,17 @@ class TargetSearch(Method):
                    "sensitivity_key": curves.key}
         return self._outcome(done, summary, base, meter, options["tolerance"])
 
+    def recover(self, inputs: MethodInput, options: dict):
+        """A step each trial runs between surgery and fine-tuning, or None (here: none)."""
+        return None
+
     def prepare(self, inputs: MethodInput, options: dict) -> Generator[object, None, None]:
         """The sensitivity analysis, into the user's cache, where each member of a family finds it."""
         self.check_input(inputs)
         model = copy.deepcopy(inputs.model).cpu().eval()
         yield from self._curves(replace(inputs, model=model, work_dir=None), options)
 
-    @staticmethod
-    def _curves(inputs: MethodInput, options: dict) -> Generator[object, None, object]:
+    def _curves(self, inputs: MethodInput, options: dict) -> Generator[object, None, object]:
         base = inputs.plan or PruningPlan()
         batches = calibration_split(inputs.data.val, options["images"], 250, inputs.seed)
         return (yield from load_or_analyse(inputs.model, inputs.input_size, batches, data_id=data_id(inputs.data),

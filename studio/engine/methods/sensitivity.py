@@ -181,7 +181,16 @@ def _fit(rates: list, top1: list, base: float) -> tuple[float, list]:
     return float(fitted[0]), [float(v) for v in fitted[1:]]
 
 
-def _groups(work: nn.Module, example: torch.Tensor):
+def group_members(dg, group, names: dict) -> tuple[str, list]:
+    """The group's root layer and every conv/Linear whose output channels go with it, by name."""
+    root = names[group[0].dep.target.module]
+    layers = [names[dep.target.module] for dep, _ in group.items
+              if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
+              and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
+    return root, layers or [root]
+
+
+def prunable_groups(work: nn.Module, example: torch.Tensor):
     """torch-pruning's dependency graph of ``work`` and its prunable groups (head excluded)."""
     head = find_classifier(work)
     modules = dict(work.named_modules())
@@ -217,7 +226,7 @@ def analyse(model: nn.Module, input_size, batches: list, *, criterion: str = "l1
     work = copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, *input_size)
     yield Phase("sensitivity", f"Tracing the coupled groups and ranking channels by {crit.title}")
-    dg, groups = _groups(work, example)
+    dg, groups = prunable_groups(work, example)
     if not groups:
         raise StudioError("The model has no prunable groups to analyse.",
                           "Check `studio inspect` for the reasons (tracing hazards, protected heads).")
@@ -234,10 +243,7 @@ def analyse(model: nn.Module, input_size, batches: list, *, criterion: str = "l1
     curves, total, done = [], len(groups) * len(rates), 0
     for group, scores in zip(groups, rankings):
         root_module = group[0].dep.target.module
-        root = names[root_module]
-        layers = [names[dep.target.module] for dep, _ in group.items
-                  if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
-                  and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
+        root, layers = group_members(dg, group, names)
         channels = len(group[0].idxs)
         order = (torch.argsort(scores.detach().float().cpu()).tolist() if scores is not None
                  else list(range(channels)))
@@ -270,7 +276,7 @@ def analyse(model: nn.Module, input_size, batches: list, *, criterion: str = "l1
             done += 1
             yield Progress("sensitivity", done, total, f"{root} at {rate:.0%}: top-1 {acc:.1%}")
         fit_base, fit = _fit(rates, top1, base_top1)
-        curves.append(GroupCurve(root=root, layers=layers or [root], channels=channels, kept=kept, top1=top1,
+        curves.append(GroupCurve(root=root, layers=layers, channels=channels, kept=kept, top1=top1,
                                  loss=loss, fit=fit, probed_by=probed_by, fit_base=fit_base))
     seconds = round(time.perf_counter() - started, 3)   # as stored, so a reloaded result is equal
     result = SensitivityResult(criterion=criterion, rates=rates, images=sum(len(y) for _, y in batches),

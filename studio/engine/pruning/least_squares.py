@@ -17,6 +17,7 @@ output (in-channels per group × kernel area, + 1 for a bias), whatever the data
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -179,43 +180,69 @@ def elimination_order(problems: list, n: int, ridge: float) -> torch.Tensor:
     """Compensation-aware scores: the error left when each channel is removed, in greedy order.
 
     ``problems`` is one (XᵀX (d×d), W (outputs×d), rows: {channel: [row indices]}) per
-    consumer of the group, over the group's channels 0..n-1. Each step removes the channel
+    consumer of the group, over the group's channels 0..n-1. Each step removes the channels
     whose removal, with the remaining inputs refit by least squares, adds the least
-    normalised error summed over the consumers, then updates every consumer's inverse and
-    weights in closed form. A channel's score is the total error once it is removed, so it
-    grows along the order: keeping the top-k by score keeps the greedy choice for every k.
+    normalised error summed over the consumers (cost of block b: tr(W_b (H_bb)⁻¹ W_bᵀ) with
+    H = (XᵀX)⁻¹), then updates every consumer's inverse and weights in closed form (an
+    Optimal Brain Surgeon block update). Up to 32 channels go one at a time; wider groups
+    drop 1/32 of what is left per step, so a 512-channel group takes about 100 steps, not 512.
+    A channel's score is the total error once it is removed, so it grows along the order:
+    keeping the top-k by score keeps the greedy choice for every k.
     """
     state = []
     for xx, w, rows in problems:
         lam = ridge * float(torch.diagonal(xx).mean().clamp_min(1e-12))
         h = torch.linalg.inv(xx + lam * torch.eye(xx.shape[0], dtype=xx.dtype))
         energy = abs(float(torch.einsum("oi,ij,oj->", w, xx, w))) or 1.0
-        state.append([h, w.clone(), {c: torch.as_tensor(r) for c, r in rows.items()}, energy])
+        state.append([h, w.clone(), {c: torch.as_tensor(r, dtype=torch.long) for c, r in rows.items() if r},
+                      energy])
     scores = torch.zeros(n, dtype=torch.float64)
-    left, total = set(range(n)), 0.0
+    left, total, rank = list(range(n)), 0.0, 0
     while left:
-        best, best_cost = None, None
-        for c in left:
-            cost = 0.0
-            for h, w, rows, energy in state:
-                b = rows.get(c)
-                if b is None or len(b) == 0:
-                    continue
-                cost += float(torch.einsum("ob,bc,oc->", w[:, b], torch.linalg.pinv(h[b][:, b]), w[:, b])) / energy
-            if best_cost is None or cost < best_cost:
-                best, best_cost = c, cost
-        total += max(best_cost, 0.0)
-        scores[best] = total + 1e-12 * (n - len(left))   # strictly increasing along the order
-        for entry in state:
-            h, w, rows, _ = entry
-            b = rows.get(best)
-            if b is None or len(b) == 0:
-                continue
-            inv_bb = torch.linalg.pinv(h[b][:, b])
-            entry[1] = w - w[:, b] @ inv_bb @ h[b]          # the others compensate (OBS update)
-            entry[0] = h - h[:, b] @ inv_bb @ h[b]
-        left.discard(best)
+        costs = _removal_costs(state, left)
+        order = costs.argsort()[:max(1, math.ceil(len(left) / 32))]
+        for j in order.tolist():
+            total += max(float(costs[j]), 0.0)
+            scores[left[j]] = total + 1e-12 * rank          # strictly increasing along the order
+            rank += 1
+        _remove(state, [left[j] for j in order.tolist()])
+        gone = set(order.tolist())
+        left = [c for j, c in enumerate(left) if j not in gone]
     return scores
+
+
+def _removal_costs(state: list, left: list) -> torch.Tensor:
+    """The normalised error each channel in ``left`` would add if removed alone, summed over consumers."""
+    costs = torch.zeros(len(left), dtype=torch.float64)
+    for h, w, rows, energy in state:
+        present = [i for i, c in enumerate(left) if c in rows]
+        sizes = {len(rows[left[i]]) for i in present}
+        if not present:
+            continue
+        if len(sizes) == 1:      # every channel has as many rows (a conv, or a flatten of equal maps): batched
+            blocks = torch.stack([rows[left[i]] for i in present])              # (m, k)
+            hb = h[blocks[:, :, None], blocks[:, None, :]]                      # (m, k, k)
+            wb = w[:, blocks]                                                   # (o, m, k)
+            part = torch.einsum("omk,mkl,oml->m", wb, torch.linalg.pinv(hb), wb)
+        else:
+            part = torch.stack([torch.einsum("ob,bc,oc->", w[:, rows[left[i]]],
+                                             torch.linalg.pinv(h[rows[left[i]]][:, rows[left[i]]]),
+                                             w[:, rows[left[i]]]) for i in present])
+        costs[present] += part / energy
+    return costs
+
+
+def _remove(state: list, channels: list) -> None:
+    """Remove ``channels`` from every consumer: the others compensate (block OBS update)."""
+    for entry in state:
+        h, w, rows, _ = entry
+        found = [rows[c] for c in channels if c in rows]
+        if not found:
+            continue
+        b = torch.cat(found)
+        inv_bb = torch.linalg.pinv(h[b][:, b])
+        entry[1] = w - w[:, b] @ inv_bb @ h[b]
+        entry[0] = h - h[:, b] @ inv_bb @ h[b]
 
 
 def contribution_gram(problems: list, n: int) -> torch.Tensor:
