@@ -40,6 +40,21 @@ def model_dialog(qtbot):
     return dialog
 
 
+def test_timm_tab_searches_and_builds_spec(model_dialog, qtbot):
+    d = model_dialog
+    d.select_tab("timm")
+    assert not open_enabled(d)
+    d.timm_filter.setText("mobilenetv3_small_05")
+    visible = [d.timm_list.item(i).text() for i in range(d.timm_list.count()) if not d.timm_list.item(i).isHidden()]
+    assert visible == ["mobilenetv3_small_050"] and open_enabled(d)
+    assert d.spec()["spec"] == "timm:mobilenetv3_small_050" and d.spec()["pretrained"] is True
+    assert "Hugging Face" in d.timm_cache.text()
+    d.select_spec("timm:resnet18", pretrained=False)
+    assert d.current_tab() == "timm" and d.spec()["spec"] == "timm:resnet18" and d.spec()["pretrained"] is False
+    d.resize(640, 540)
+    d.grab().save("/tmp/open-model-timm.png")
+
+
 def test_torchvision_tab_filters_and_builds_spec(model_dialog):
     d = model_dialog
     d.select_tab("torchvision")

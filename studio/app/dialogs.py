@@ -52,6 +52,7 @@ from studio.engine.models import (
     list_torchvision_models,
     torchvision_cache_path,
 )
+from studio.engine.models.timm_models import cached_weights, list_timm_models
 
 APP_TITLE = "Compression Studio"
 MODEL_FILE_FILTER = "PyTorch models (*.pt *.pth *.ckpt *.torchscript);;All files (*)"
@@ -129,9 +130,9 @@ def python_classes(file: Path) -> list[str]:
 # ---------------------------------------------------------------- open model
 
 class OpenModelDialog(QDialog):
-    """Choose a model: a torchvision or CIFAR architecture, the demo, a file or a Python class."""
+    """Choose a model: a torchvision, timm or CIFAR architecture, the demo, a file or a Python class."""
 
-    TABS = ("torchvision", "cifar", "file", "python")
+    TABS = ("torchvision", "timm", "cifar", "file", "python")
     specChanged = Signal()
 
     def __init__(self, parent: Optional[QWidget] = None, initial_tab: str = "cifar",
@@ -141,6 +142,7 @@ class OpenModelDialog(QDialog):
         self.resize(640, 540)
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_torchvision_tab(), "Torchvision")
+        self.tabs.addTab(self._build_timm_tab(), "timm")
         self.tabs.addTab(self._build_cifar_tab(), "CIFAR && demo")
         self.tabs.addTab(self._build_file_tab(), "File")
         self.tabs.addTab(self._build_python_tab(), "Python class")
@@ -204,11 +206,36 @@ class OpenModelDialog(QDialog):
         layout.addWidget(self.tv_download)
         layout.addWidget(note)
         layout.addWidget(self.tv_cache)
-        self.tv_filter.textChanged.connect(self._filter_torchvision)
+        self.tv_filter.textChanged.connect(lambda text: self._filter(self.tv_list, text))
         self.tv_list.currentItemChanged.connect(self._update)
         self.tv_list.itemDoubleClicked.connect(self._accept_if_complete)
         self.tv_pretrained.toggled.connect(self._update)
         self.tv_pretrained.toggled.connect(self.tv_download.setEnabled)
+        return page
+
+    def _build_timm_tab(self) -> QWidget:
+        page = QWidget()
+        self.timm_filter = QLineEdit()
+        self.timm_filter.setPlaceholderText("Search timm's architectures, e.g. convnext, efficientnet, regnet")
+        self.timm_filter.setClearButtonEnabled(True)
+        self.timm_list = QListWidget()
+        self.timm_list.setUniformItemSizes(True)      # about 1,400 names: keep the list fast
+        self.timm_list.addItems(list_timm_models())
+        self.timm_pretrained = QCheckBox("Use pretrained weights when found in the local Hugging Face cache")
+        self.timm_pretrained.setChecked(True)
+        self.timm_cache = _hint()
+        note = _hint("<b>Weights are never downloaded.</b> Only weights already in the local Hugging Face "
+                     "cache are used; without them the model starts from random initialisation (untrained).")
+        layout = QVBoxLayout(page)
+        layout.addWidget(self.timm_filter)
+        layout.addWidget(self.timm_list, 1)
+        layout.addWidget(self.timm_pretrained)
+        layout.addWidget(note)
+        layout.addWidget(self.timm_cache)
+        self.timm_filter.textChanged.connect(lambda text: self._filter(self.timm_list, text))
+        self.timm_list.currentItemChanged.connect(self._update)
+        self.timm_list.itemDoubleClicked.connect(self._accept_if_complete)
+        self.timm_pretrained.toggled.connect(self._update)
         return page
 
     def _build_cifar_tab(self) -> QWidget:
@@ -306,18 +333,19 @@ class OpenModelDialog(QDialog):
 
     # -- reactions
 
-    def _filter_torchvision(self, text: str) -> None:
+    def _filter(self, names: QListWidget, text: str) -> None:
+        """Show only the names containing ``text`` (a search box over a list of architectures)."""
         needle = text.strip().lower()
         first_visible = None
-        for i in range(self.tv_list.count()):
-            item = self.tv_list.item(i)
+        for i in range(names.count()):
+            item = names.item(i)
             hidden = needle not in item.text().lower()
             item.setHidden(hidden)
             if not hidden and first_visible is None:
                 first_visible = item
-        current = self.tv_list.currentItem()
+        current = names.currentItem()
         if current is None or current.isHidden():
-            self.tv_list.setCurrentItem(first_visible)  # None clears the choice when nothing matches
+            names.setCurrentItem(first_visible)  # None clears the choice when nothing matches
         self._update()
 
     def _python_file_changed(self, text: str) -> None:
@@ -361,7 +389,7 @@ class OpenModelDialog(QDialog):
         return self.TABS[self.tabs.currentIndex()]
 
     def select_tab(self, name: str) -> None:
-        """Show the tab for a source: 'torchvision', 'cifar', 'file' or 'python'."""
+        """Show the tab for a source: 'torchvision', 'timm', 'cifar', 'file' or 'python'."""
         if name not in self.TABS:
             raise ValueError(f"unknown tab {name!r}; expected one of {self.TABS}")
         self.tabs.setCurrentIndex(self.TABS.index(name))
@@ -386,6 +414,14 @@ class OpenModelDialog(QDialog):
             if found:
                 self.tv_list.setCurrentItem(found[0])
             self.tv_pretrained.setChecked(bool(pretrained))
+        elif spec.startswith("timm:"):
+            self.select_tab("timm")
+            self.timm_filter.clear()
+            found = self.timm_list.findItems(spec.partition(":")[2], Qt.MatchExactly)
+            if found:
+                self.timm_list.setCurrentItem(found[0])
+                self.timm_list.scrollToItem(found[0])
+            self.timm_pretrained.setChecked(bool(pretrained))
         elif py:
             self.select_tab("python")
             self.py_edit.setText(py["file"])
@@ -407,6 +443,11 @@ class OpenModelDialog(QDialog):
             if item is None or item.isHidden():
                 return None, "Choose a torchvision model."
             return f"torchvision:{item.text()}", ""
+        if tab == "timm":
+            item = self.timm_list.currentItem()
+            if item is None or item.isHidden():
+                return None, "Choose a timm model."
+            return f"timm:{item.text()}", ""
         if tab == "cifar":
             item = self.cifar_list.currentItem()
             return (item.data(Qt.UserRole), "") if item is not None else (None, "Choose the demo or a CIFAR model.")
@@ -418,8 +459,8 @@ class OpenModelDialog(QDialog):
             if not path.is_file():
                 return None, f"No file at {text}."
             arch = self.arch_combo.currentText().strip()
-            if arch and not re.match(r"^(cifar|torchvision):\w+$", arch):
-                return None, "Write the architecture as cifar:NAME or torchvision:NAME."
+            if arch and not re.match(r"^(cifar|torchvision|timm):\w+$", arch):
+                return None, "Write the architecture as cifar:NAME, torchvision:NAME or timm:NAME."
             return text, ""
         file = self.py_edit.text().strip()
         cls = self.py_class.currentText().strip()
@@ -455,7 +496,26 @@ class OpenModelDialog(QDialog):
         self._update_cache_note()
         self.specChanged.emit()
 
+    def _update_timm_note(self) -> None:
+        item = self.timm_list.currentItem()
+        if item is None or item.isHidden():
+            self.timm_cache.setText("")
+            return
+        file, repo = cached_weights(item.text())
+        if file is not None:
+            text = f"✔ Weights found in the cache: {_esc(str(file))}"
+            if not self.timm_pretrained.isChecked():
+                text += " (not used: the checkbox is off)"
+        elif repo:
+            text = (f"Not in the cache: {_esc(item.text())} will start untrained. Its weights come from the "
+                    f"Hugging Face repository {_esc(repo)}: fetch them on a machine with internet and copy the "
+                    "Hugging Face cache here.")
+        else:
+            text = f"timm publishes no weights for {_esc(item.text())}: it starts untrained."
+        self.timm_cache.setText(text)
+
     def _update_cache_note(self) -> None:
+        self._update_timm_note()
         item = self.tv_list.currentItem()
         if item is None or item.isHidden():
             self.tv_cache.setText("")
@@ -490,8 +550,9 @@ class OpenModelDialog(QDialog):
             "arch": arch or None,
             "num_classes": self.classes_spin.value() or None,
             "input_size": size,
-            # Only torchvision models have pretrained weights to choose; the engine ignores it otherwise.
-            "pretrained": self.tv_pretrained.isChecked() if tab == "torchvision" else True,
+            # Only torchvision and timm models have pretrained weights to choose; the engine ignores it otherwise.
+            "pretrained": (self.tv_pretrained.isChecked() if tab == "torchvision" else
+                           self.timm_pretrained.isChecked() if tab == "timm" else True),
             # Offline, the engine's error names the URL and the exact cache path to copy the file to.
             "download": tab == "torchvision" and self.tv_pretrained.isChecked() and self.tv_download.isChecked(),
         }

@@ -1,4 +1,4 @@
-"""Architectures by name: ``cifar:NAME`` from our CIFAR zoo, ``torchvision:NAME`` from torchvision.
+"""Architectures by name: ``cifar:NAME`` from our CIFAR zoo, ``torchvision:NAME`` and ``timm:NAME``.
 
 `build_architecture` makes a randomly initialised model with a given number of classes;
 the loader and the checkpoint rebuild both use it.
@@ -40,7 +40,7 @@ def unknown_name(kind: str, name: str, valid: list[str], show_all: bool) -> Stud
 def split_arch(arch: str) -> tuple[str, str]:
     """'cifar:resnet20' → ('cifar', 'resnet20'); anything else is an error with a suggestion."""
     prefix, sep, name = arch.strip().partition(":")
-    if sep and prefix in ("cifar", "torchvision") and name:
+    if sep and prefix in ("cifar", "torchvision", "timm") and name:
         return prefix, name
     bare = arch.strip()
     guess = ""
@@ -49,7 +49,7 @@ def split_arch(arch: str) -> tuple[str, str]:
     elif bare in list_torchvision_models():
         guess = f"Did you mean torchvision:{bare}? "
     raise StudioError(f"'{arch}' is not an architecture spec.",
-                      guess + "Write cifar:NAME or torchvision:NAME, e.g. cifar:resnet20.")
+                      guess + "Write cifar:NAME, torchvision:NAME or timm:NAME, e.g. cifar:resnet20.")
 
 
 def default_input(arch: str) -> tuple[int, int, int]:
@@ -57,6 +57,9 @@ def default_input(arch: str) -> tuple[int, int, int]:
     prefix, name = split_arch(arch)
     if prefix == "cifar":
         return CIFAR_INPUT
+    if prefix == "timm":
+        from studio.engine.models.timm_models import timm_input
+        return timm_input(name)
     import torchvision
     try:
         crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size
@@ -66,12 +69,15 @@ def default_input(arch: str) -> tuple[int, int, int]:
 
 
 def build_architecture(arch: str, num_classes: int) -> nn.Module:
-    """Build ``cifar:NAME`` or ``torchvision:NAME`` with random init and ``num_classes`` outputs."""
+    """Build ``cifar:NAME``, ``torchvision:NAME`` or ``timm:NAME`` with random init and ``num_classes`` outputs."""
     prefix, name = split_arch(arch)
     if prefix == "cifar":
         if name not in CIFAR_MODELS:
             raise unknown_name("cifar", name, list_cifar_models(), show_all=True)
         return CIFAR_MODELS[name][0](num_classes)
+    if prefix == "timm":
+        from studio.engine.models.timm_models import build_timm
+        return build_timm(name, num_classes)
     import torchvision
     valid = list_torchvision_models()
     if name not in valid:

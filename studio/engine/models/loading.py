@@ -1,6 +1,6 @@
 """Turn what the user typed (a model spec) into a ready `LoadedModel`.
 
-Specs: ``cifar:NAME``, ``torchvision:NAME``, ``demo``, a ``.pt``/``.pth`` file (state_dict,
+Specs: ``cifar:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``demo``, a ``.pt``/``.pth`` file (state_dict,
 studio checkpoint, full pickle with trust, TorchScript archive) and ``file.py:Class`` or
 ``file.py:Class:weights.pth``. Files are read with ``torch.load(weights_only=True)``; a full
 pickle is only unpickled when the caller passes ``trust=True``. Every problem the user can
@@ -36,6 +36,7 @@ from studio.engine.models.architectures import (
 )
 from studio.engine.models.checkpoint import CHECKPOINT_FORMAT, rebuild_from_checkpoint
 from studio.engine.models.cifar import CIFAR_MODELS
+from studio.engine.models.timm_models import load_timm, timm_input
 
 _PY_SPEC = re.compile(r"^(?P<file>.+?\.py):(?P<cls>[A-Za-z_]\w*)(?::(?P<weights>.+))?$")
 _user_module_ids = itertools.count()
@@ -519,7 +520,8 @@ def load_model(spec: str, *, arch: Optional[str] = None, num_classes: Optional[i
     spec = (spec or "").strip()
     if not spec:
         raise StudioError("No model given.",
-                          "Give cifar:NAME, torchvision:NAME, demo, a .pt/.pth file, or file.py:ClassName.")
+                          "Give cifar:NAME, torchvision:NAME, timm:NAME, demo, a .pt/.pth file, or "
+                          "file.py:ClassName.")
     if num_classes is not None and num_classes < 1:
         raise StudioError(f"--num-classes must be at least 1, got {num_classes}.", "Give the number of classes.")
     if input_size is not None:
@@ -535,6 +537,10 @@ def load_model(spec: str, *, arch: Optional[str] = None, num_classes: Optional[i
         loaded = _load_cifar(spec, spec[len("cifar:"):], num_classes)
     elif spec.startswith("torchvision:"):
         loaded = _load_torchvision(spec, spec[len("torchvision:"):], num_classes, pretrained, download)
+    elif spec.startswith("timm:"):
+        name = spec[len("timm:"):]
+        module, classes, trained, note = load_timm(name, num_classes, pretrained)
+        loaded = LoadedModel(module, spec, "timm", f"timm:{name}", timm_input(name), classes, trained, note, True)
     elif spec == "demo":
         path = demo_model_path()
         if not path.exists():
