@@ -55,7 +55,7 @@ from studio.engine.models import (
 from studio.engine.models.timm_models import cached_weights, list_timm_models
 
 APP_TITLE = "Compression Studio"
-MODEL_FILE_FILTER = "PyTorch models (*.pt *.pth *.ckpt *.torchscript);;All files (*)"
+MODEL_FILE_FILTER = "Models (*.pt *.pth *.ckpt *.torchscript *.onnx);;All files (*)"
 WEIGHTS_FILE_FILTER = "PyTorch weights (*.pt *.pth *.ckpt);;All files (*)"
 PY_SPEC = re.compile(r"^(?P<file>.+?\.py):(?P<cls>[A-Za-z_]\w*)(?::(?P<weights>.+))?$")
 # The engine's refusal of a full pickle (studio.engine.models.loading._torch_load) says this:
@@ -274,7 +274,7 @@ class OpenModelDialog(QDialog):
     def _build_file_tab(self) -> QWidget:
         page = QWidget()
         self.file_edit = QLineEdit()
-        self.file_edit.setPlaceholderText("model.pt, weights.pth, model.ckpt.pt, model.torchscript.pt")
+        self.file_edit.setPlaceholderText("model.pt, weights.pth, model.ckpt.pt, model.torchscript.pt, model.onnx")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_model_file)
         self.arch_combo = QComboBox()

@@ -1,7 +1,8 @@
 """Turn what the user typed (a model spec) into a ready `LoadedModel`.
 
 Specs: ``cifar:NAME``, ``torchvision:NAME``, ``timm:NAME``, ``demo``, a ``.pt``/``.pth`` file (state_dict,
-studio checkpoint, full pickle with trust, TorchScript archive) and ``file.py:Class`` or
+studio checkpoint, full pickle with trust, TorchScript archive), an ``.onnx`` file (converted by
+onnx2torch) and ``file.py:Class`` or
 ``file.py:Class:weights.pth``. Files are read with ``torch.load(weights_only=True)``; a full
 pickle is only unpickled when the caller passes ``trust=True``. Every problem the user can
 fix becomes a `StudioError` saying what is wrong and what to do.
@@ -36,6 +37,7 @@ from studio.engine.models.architectures import (
 )
 from studio.engine.models.checkpoint import CHECKPOINT_FORMAT, rebuild_from_checkpoint
 from studio.engine.models.cifar import CIFAR_MODELS
+from studio.engine.models.onnx_import import load_onnx
 from studio.engine.models.timm_models import load_timm, timm_input
 
 _PY_SPEC = re.compile(r"^(?P<file>.+?\.py):(?P<cls>[A-Za-z_]\w*)(?::(?P<weights>.+))?$")
@@ -382,6 +384,10 @@ def _load_checkpoint(obj: dict, spec: str, path: Path, arch: Optional[str],
 def _load_file(spec: str, path: Path, arch: Optional[str], num_classes: Optional[int],
                trust: bool) -> LoadedModel:
     _check_file(path)
+    if path.suffix.lower() == ".onnx":
+        module, size = load_onnx(path)
+        return LoadedModel(module, spec, "onnx", None, size or CIFAR_INPUT, infer_num_classes(module) or 0, True,
+                           f"converted from ONNX ({path.name}) by onnx2torch", True)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
