@@ -32,7 +32,11 @@ from studio.engine.jobs.report_format import (
     ratio_text,
     tick_label,
 )
-from studio.engine.jobs.report_reconstruct import LAYER_COLUMNS, reconstruction_layer_rows, reconstruction_rows
+from studio.engine.jobs.report_reconstruct import (
+    RECONSTRUCTION_COLUMNS,
+    reconstruction_layer_rows,
+    reconstruction_rows,
+)
 from studio.engine.jobs.report_search import (
     TRIAL_COLUMNS,
     pareto_chart,
@@ -269,7 +273,10 @@ def stage_rows(metrics: dict, *, compact: bool = False) -> tuple:
     Latency rows are labelled 'Latency, batch cpu/bs1 (cpu)', or with ``compact`` 'Latency,
     cpu/bs1' (the device only where the batch key does not already name it).
     """
-    stages = [(title, metrics[key]) for key, title in STAGES if isinstance(metrics.get(key), dict)]
+    # Without training the final model is the pruned (or refit) one: no "Fine-tuned" column repeating it.
+    trained = any(k in (metrics.get("history") or {}) for k in ("fine-tune", "retrain"))
+    stages = [(title, metrics[key]) for key, title in STAGES if isinstance(metrics.get(key), dict)
+              and (key != "after" or trained or not isinstance(metrics.get("pruned"), dict))]
     if not stages:
         return [], []
     rows = [("Parameters", lambda s: human_count(s.get("params"))),
@@ -520,7 +527,7 @@ def _reconstruction(metrics: dict) -> str:
     facts = "".join(f"<dt>{_e(label)}</dt><dd>{_e(value)}</dd>" for label, value in rows)
     return (f'<h2>Reconstruction (no training)</h2><dl class="meta">{facts}</dl>'
             "<h3>Output error of each refit layer, ‖ΔY‖² / ‖Y‖² on the calibration images</h3>"
-            + _table(LAYER_COLUMNS, reconstruction_layer_rows(metrics), numeric=(2, 3, 4, 5), mono=(0,)))
+            + _table(RECONSTRUCTION_COLUMNS, reconstruction_layer_rows(metrics), numeric=(2, 3, 4, 5), mono=(0,)))
 
 
 def _recipe(recipe: Optional[dict]) -> str:

@@ -6,7 +6,7 @@ from studio.engine.jobs.report_format import finite, human_pct
 METHOD_TITLES = {"ls": "least squares after the plan's criterion (He et al. 2017)",
                  "lasso": "LASSO channel selection, then least squares (He et al. 2017)",
                  "cap": "channels by the error left after compensation, then least squares (CaP, our reading)"}
-LAYER_COLUMNS = ("Layer", "Type", "Unknowns", "Samples", "Error before", "Error after", "Note")
+RECONSTRUCTION_COLUMNS = ("Layer", "Type", "Unknowns", "Samples", "Error before", "Error after", "Note")
 
 
 def reconstruction_rows(metrics: dict) -> list:
@@ -29,7 +29,7 @@ def reconstruction_rows(metrics: dict) -> list:
 
 
 def reconstruction_layer_rows(metrics: dict) -> list:
-    """One row of texts per layer, in the order of `LAYER_COLUMNS` (errors are ‖ΔY‖² / ‖Y‖²)."""
+    """One row of texts per layer, in the order of `RECONSTRUCTION_COLUMNS` (errors are ‖ΔY‖² / ‖Y‖²)."""
     def err(value) -> str:
         value = finite(value)
         return "—" if value is None else f"{value:.4f}"

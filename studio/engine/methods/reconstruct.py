@@ -126,9 +126,11 @@ class Reconstruct(Method):
             records.append(record)
             if record["note"]:
                 notes.append(f"{name}: {record['note']}")
-                yield Log(f"Reconstruction, {name}: {record['note']}", "warning" if record["note"].startswith("left as pruned") else "info")
-            yield Progress("reconstruct", k + 1, len(names), f"{name}: error {record['before']:.3f} → "
-                           f"{record['after']:.3f}" if record["fitted"] else f"{name}: left as pruned")
+                skipped = record["note"].startswith("left as pruned")
+                yield Log(f"Reconstruction, {name}: {record['note']}", "warning" if skipped else "info")
+            yield Progress("reconstruct", k + 1, len(names),
+                           f"{name}: error {record['before']:.3f} → {record['after']:.3f}" if record["fitted"]
+                           else f"{name}: {record['note']}")
         fitted = [r for r in records if r["fitted"]]
         seconds = round(time.perf_counter() - started, 2)
         yield Log(f"Reconstructed {len(fitted)} of {len(records)} layer(s) in {seconds:.1f} s on {images} images"
