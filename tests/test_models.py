@@ -145,7 +145,7 @@ def test_unknown_names_are_reported_with_the_valid_ones():
         load_model("torchvision:resnet19")
     with pytest.raises(StudioError, match="Did you mean cifar:resnet20"):
         load_model("resnet20")
-    with pytest.raises(StudioError, match="cifar:NAME or torchvision:NAME"):
+    with pytest.raises(StudioError, match="cifar:NAME, torchvision:NAME or timm:NAME"):
         build_architecture("resnet56", 10)
     with pytest.raises(StudioError, match="No model given"):
         load_model("  ")

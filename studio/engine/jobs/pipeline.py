@@ -35,7 +35,8 @@ from studio.engine.jobs.report import write_report
 from studio.engine.metrics import measure
 from studio.engine.models import LoadedModel, load_model, save_checkpoint
 from studio.engine.methods import MethodInput, get_method
-from studio.engine.pruning import PruneResult, PruningPlan, get_criterion, prune
+from studio.engine.pruning import PruningPlan, get_criterion
+from studio.engine.pruning.protection import as_dicts, explicit_requests, prune_with_protection
 from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
 
 
@@ -223,9 +224,14 @@ def _run(recipe, staging, token, loaded, bundle, started):
     if plan is not recipe.plan:
         yield Log(f"Channels chosen by the {plan.criterion} criterion, as reconstruct.method "
                   f"'{recipe.reconstruct.method}' asks (in place of {recipe.plan.criterion}).")
-    pruned: PruneResult = yield from prune(work, plan, example, calibration=calib, token=token)
+    pruned, protected = yield from prune_with_protection(
+        work, plan, example, calibration=calib, token=token,
+        check=lambda m: check_pruned_model(m.cpu(), example, expected_shape, warnings))
     model = pruned.model.cpu()
-    check_pruned_model(model, example, expected_shape, warnings)
+    warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}), because pruning it broke the "
+                    f"model: {p.why}" for p in protected)
+    warnings.extend(f"{name} was given a rate in the plan but had to be left unpruned (see above)."
+                    for name in explicit_requests(plan, protected))
     if main:
         pruned_metrics = yield from measured(model)
         yield _snapshot("pruned", pruned_metrics)
@@ -287,6 +293,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
             **({"reconstructed": reconstructed.to_dict(), "reconstruction": reconstruction}
                if reconstructed is not None else {}),
             "layers": [vars(layer) for layer in pruned.layers],
+            "protected_groups": as_dicts(protected),
             "history": history,
             "exports": [{**vars(e), "path": Path(e.path).name} for e in exports],
             "warnings": warnings,

@@ -520,6 +520,15 @@ def _search(metrics: dict) -> str:
             "<h3>Trials</h3>" + _table(TRIAL_COLUMNS, trial_rows(metrics), numeric=(1, 4, 5, 8)) + sens)
 
 
+def _protected(metrics: dict) -> str:
+    rows = [[p["root"], ", ".join(p["layers"]), p["why"]] for p in metrics.get("protected_groups") or []]
+    if not rows:
+        return ""
+    return ("<h2>Left unpruned, and why</h2><p>Pruning these groups broke the model, so they were found by "
+            "bisection and kept whole; everything else was pruned.</p>"
+            + _table(("Group", "Layers", "Why"), rows, numeric=(), mono=(0, 1)))
+
+
 def _reconstruction(metrics: dict) -> str:
     rows = reconstruction_rows(metrics)
     if not rows:
@@ -544,7 +553,7 @@ def render_report(metrics: dict, recipe: Optional[dict] = None) -> str:
     title = report_title(metrics)
     version = metrics.get("studio_version")
     body = "\n".join(part for part in (
-        _header(metrics), _cards(metrics), _stage_table(metrics), _search(metrics), _reconstruction(metrics),
+        _header(metrics), _cards(metrics), _stage_table(metrics), _protected(metrics), _search(metrics), _reconstruction(metrics),
         _history_charts(metrics),
         _layers(metrics),
         _exports(metrics), _plan(metrics), _warnings(metrics), _recipe(recipe)) if part)

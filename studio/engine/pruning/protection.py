@@ -1,0 +1,135 @@
+"""When part of a model cannot be pruned safely: find the groups at fault, leave them unpruned, prune the rest.
+
+`prune_with_protection` runs `prune`, then the caller's check (the pruned model must run and
+keep its output shape). When torch-pruning raises while scoring or pruning, or the check
+fails, the groups at fault are found by bisection: the prunable groups are split in halves,
+each half is pruned alone with every other group protected, and a half that fails is split
+again, down to single groups. Those groups are protected (with the first error as the
+reason) and the rest is pruned. A model that cannot be traced at all is not bisected: that
+error says so once, before any slow step.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from studio.engine.errors import JobCancelled, StudioError
+from studio.engine.events import Log, run_to_end
+from studio.engine.pruning.plan import PruningPlan, find_classifier
+from studio.engine.pruning.surgery import prune
+
+TRACE_FAILURE = "could not trace the model"
+MAX_ROUNDS = 4
+
+
+@dataclass
+class ProtectedGroup:
+    """A group left unpruned because pruning it broke the model."""
+    root: str
+    layers: list
+    why: str
+
+
+def _groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[tuple[str, list]]:
+    """(root, member layers) of every group the plan could prune (head and protected layers excluded)."""
+    work = copy.deepcopy(model).cpu().eval()
+    names = {m: n for n, m in work.named_modules()}
+    modules = dict(work.named_modules())
+    head = find_classifier(work)
+    ignored = [modules[n] for n in (*plan.protected, *([head] if head else [])) if n in modules]
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(work, example_inputs=example.cpu(), verbose=False)
+    found = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
+        layers = [names[dep.target.module] for dep, _ in group
+                  if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
+                  and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
+        root = names.get(group[0].dep.target.module)
+        if root is not None:
+            found.append((root, layers or [root]))
+    return found
+
+
+def _with_protected(plan: PruningPlan, layers) -> PruningPlan:
+    out = copy.deepcopy(plan)
+    out.protected = sorted({*plan.protected, *layers})
+    out.layer_rates = {k: v for k, v in plan.layer_rates.items() if k not in set(layers)}
+    return out
+
+
+def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Tensor, *, check: Callable,
+                          calibration=None, token=None) -> Generator[object, None, tuple]:
+    """`prune`, protecting the groups that break the model; returns (PruneResult, [ProtectedGroup])."""
+    try:
+        result = yield from prune(model, plan, example, calibration=calibration, token=token)
+        check(result.model)
+        return result, []
+    except JobCancelled:
+        raise
+    except Exception as exc:   # torch-pruning's own errors, or the check's StudioError
+        if isinstance(exc, StudioError) and TRACE_FAILURE in exc.problem:
+            raise
+        first = exc
+    why = _reason(first)
+    yield Log(f"Pruning broke the model ({why}); finding the groups at fault.", "warning")
+    groups = _groups(model, example, plan)
+
+    def fails(subset: list) -> bool:
+        """Whether pruning only ``subset`` (every other group protected) breaks the model."""
+        others = [layer for g in groups if g not in subset for layer in g[1]]
+        try:
+            pruned = run_to_end(prune(model, _with_protected(plan, others), example, calibration=calibration,
+                                      token=token))
+            check(pruned.model)
+            return False
+        except JobCancelled:
+            raise
+        except Exception:
+            return True
+
+    def at_fault(candidates: list) -> list:
+        if len(candidates) <= 1:
+            return candidates
+        half = len(candidates) // 2
+        found = [g for part in (candidates[:half], candidates[half:]) if fails(part) for g in at_fault(part)]
+        return found or candidates   # only the halves together fail: protect them all
+
+    protected: list[ProtectedGroup] = []
+    remaining = list(groups)
+    for _ in range(MAX_ROUNDS):
+        bad = at_fault(remaining) if fails(remaining) else []
+        if not bad:
+            break
+        protected += [ProtectedGroup(root, layers, why) for root, layers in bad]
+        remaining = [g for g in remaining if g not in bad]
+    plan = _with_protected(plan, [layer for p in protected for layer in p.layers])
+    for p in protected:
+        yield Log(f"Left unpruned: the group of {p.root} ({len(p.layers)} layer(s)); pruning it broke the model "
+                  f"({p.why}).", "warning")
+    result = yield from prune(model, plan, example, calibration=calibration, token=token)
+    check(result.model)
+    return result, protected
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.problem if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def protected_layers(protected: list) -> list[str]:
+    return [layer for p in protected for layer in p.layers]
+
+
+def explicit_requests(plan: PruningPlan, protected: list) -> list[str]:
+    """Layers the user named in the plan that had to be protected (a warning, or an error when strict)."""
+    named = set(plan.layer_rates)
+    return [layer for layer in protected_layers(protected) if layer in named]
+
+
+def as_dicts(protected: list) -> list[dict]:
+    return [{"root": p.root, "layers": list(p.layers), "why": p.why} for p in protected]
