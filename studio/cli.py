@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
     p.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
     p.add_argument("--sparsity", type=float, default=0.0, help="extra unstructured magnitude sparsity, in [0, 1)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse, naming them, when groups must be left unpruned for the model to keep running")
     p.add_argument("--data", help="dataset folder/spec (needed for fine-tuning, accuracy and data-driven criteria)")
     p.add_argument("--reconstruct", choices=["ls", "lasso", "cap"],
                    help="after pruning, refit the layers that lost inputs by least squares (no training); lasso / "
@@ -194,7 +196,7 @@ def _recipe_from_prune_args(args):
 
     plan = PruningPlan(criterion=args.criterion, rate=args.rate, layer_rates=dict(args.layer_rate),
                        protected=list(args.protect), global_ranking=args.global_ranking, round_to=args.round_to,
-                       iterative_steps=args.steps, unstructured_sparsity=args.sparsity)
+                       iterative_steps=args.steps, unstructured_sparsity=args.sparsity, strict=args.strict)
     common = dict(lr=args.lr, device=args.device, max_steps_per_epoch=args.max_steps)
     recipe = Recipe(
         model=_model_source(args),

@@ -228,7 +228,7 @@ def _custom_recipe() -> Recipe:
     r = Recipe()
     p = r.plan
     p.criterion, p.rate, p.global_ranking, p.round_to = "fpgm", 0.35, True, 8
-    p.iterative_steps, p.unstructured_sparsity = 3, 0.2
+    p.iterative_steps, p.unstructured_sparsity, p.strict = 3, 0.2, True
     r.sparse_training.epochs, r.sparse_training.bn_l1 = 5, 3e-5
     r.retrain = True
     r.finetune.epochs, r.finetune.lr, r.finetune.device, r.finetune.amp = 12, 0.05, "cpu", False
@@ -239,7 +239,7 @@ def _custom_recipe() -> Recipe:
 def _strategy_fields(r: Recipe) -> dict:
     p = r.plan
     return dict(criterion=p.criterion, rate=p.rate, global_ranking=p.global_ranking, round_to=p.round_to,
-                steps=p.iterative_steps, sparsity=p.unstructured_sparsity,
+                steps=p.iterative_steps, sparsity=p.unstructured_sparsity, strict=p.strict,
                 sparse_epochs=r.sparse_training.epochs, bn_l1=r.sparse_training.bn_l1,
                 retrain=getattr(r, "retrain", False), epochs=r.finetune.epochs, lr=r.finetune.lr,
                 batch=r.data.batch_size, device=r.finetune.device, amp=r.finetune.amp)

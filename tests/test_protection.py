@@ -54,3 +54,14 @@ def test_a_model_that_prunes_cleanly_protects_nothing(tmp_path):
                                                                           .replace("classes=4", "classes=10")),
                     plan=PruningPlan(rate=0.3), exports=["checkpoint"])
     assert run_to_end(run_recipe(recipe, tmp_path / "r")).metrics["protected_groups"] == []
+
+
+def test_strict_refuses_with_the_names(tmp_path, capsys):
+    from studio.cli import main
+    file = tmp_path / "reshape.py"
+    file.write_text("import torch\nfrom torch import nn\n" + _source(HardReshape))
+    code = main(["prune", f"{file}:HardReshape", "--input-size", "3x16x16", "--rate", "0.5", "--data", DATA,
+                 "--batch-size", "8", "--strict", "--export", "pt", "--out", str(tmp_path / "strict")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Strict plan" in err and "the group of b" in err
+    assert not (tmp_path / "strict").exists()

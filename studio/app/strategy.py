@@ -230,6 +230,11 @@ class StrategyPanel(QWidget):
         self._sparsity = self._row(form, "Sparsity", self._percent(),
                                    "After removing channels, also zero this share of the remaining weights "
                                    "(smallest first). Shrinks compressed files; dense compute stays the same.")
+        self._strict = QCheckBox("Strict: stop instead of leaving groups unpruned")
+        self._strict.setToolTip("When pruning a group would break the model, the studio finds that group, leaves "
+                                "it unpruned, names it in the log and report, and prunes the rest. Strict stops "
+                                "the job instead, naming the groups, so that you protect them yourself.")
+        form.addRow("", self._strict)
 
         # -- Target (target mode only)
         self._target_box_form = self._form("Target", lay)
@@ -330,13 +335,14 @@ class StrategyPanel(QWidget):
             combo.setMinimumContentsLength(8)
             combo.currentIndexChanged.connect(self.changed)
         self._amp.toggled.connect(self.changed)
+        self._strict.toggled.connect(self.changed)
         self._bn_l1.edited.connect(self.changed)
         self._lr.edited.connect(self.changed)
 
     def _inputs(self) -> list[QWidget]:
         return [self._rates_mode, self.target_form, self._criterion, self._rate, self._ranking, self._round_to, self._steps, self._sparsity,
                 self._sparse_epochs, self._bn_l1, self._mode, self._recon_method, self._recon_batches,
-                self._epochs, self._lr, self._batch, self._device, self._amp]
+                self._epochs, self._lr, self._batch, self._device, self._amp, self._strict]
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         return QSize(PANEL_WIDTH, 600)
@@ -364,6 +370,7 @@ class StrategyPanel(QWidget):
         self._round_to.setValue(plan.round_to or 0)
         self._steps.setValue(plan.iterative_steps)
         self._sparsity.setValue(plan.unstructured_sparsity * 100)
+        self._strict.setChecked(bool(plan.strict))
         self._sparse_epochs.setValue(sparse.epochs)
         self._bn_l1.setValue(sparse.bn_l1)
         rec = recipe.reconstruct
@@ -391,6 +398,7 @@ class StrategyPanel(QWidget):
         plan.round_to = self._round_to.value() or None
         plan.iterative_steps = self._steps.value()
         plan.unstructured_sparsity = round(self._sparsity.value() / 100, 4)
+        plan.strict = self._strict.isChecked()
         recipe.sparse_training.epochs = self._sparse_epochs.value()
         recipe.sparse_training.bn_l1 = self._bn_l1.value()
         mode = self._mode.currentData()

@@ -70,12 +70,13 @@ class PruningPlan:
     round_to: Optional[int] = None                        # keep channel counts multiples of this
     iterative_steps: int = 1
     unstructured_sparsity: float = 0.0                    # magnitude sparsity on what remains (Tian et al. 2022)
+    strict: bool = False        # refuse, naming them, when groups must be left unpruned to keep the model running
 
     def to_dict(self) -> dict:
         return {"criterion": self.criterion, "rate": self.rate, "layer_rates": dict(self.layer_rates),
                 "protected": list(self.protected), "global_ranking": self.global_ranking,
                 "round_to": self.round_to, "iterative_steps": self.iterative_steps,
-                "unstructured_sparsity": self.unstructured_sparsity}
+                "unstructured_sparsity": self.unstructured_sparsity, "strict": self.strict}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruningPlan":
@@ -107,6 +108,8 @@ class PruningPlan:
             raise StudioError("protected must be a list of layer names.", 'For example ["conv1"].')
         if not isinstance(self.global_ranking, bool):
             raise StudioError("global_ranking must be true or false.", "Fix the plan.")
+        if not isinstance(self.strict, bool):
+            raise StudioError("strict must be true or false.", "Fix the plan.")
         if self.round_to is not None and (not isinstance(self.round_to, int) or isinstance(self.round_to, bool)
                                           or self.round_to < 1):
             raise StudioError(f"round_to {self.round_to!r} must be empty or a positive whole number.",

@@ -107,6 +107,11 @@ def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Te
             break
         protected += [ProtectedGroup(root, layers, why) for root, layers in bad]
         remaining = [g for g in remaining if g not in bad]
+    if plan.strict and protected:
+        names = "; ".join(f"the group of {p.root} ({', '.join(p.layers)})" for p in protected)
+        raise StudioError(f"Strict plan: pruning {names} breaks the model ({why}), and strict mode does not leave "
+                          "groups unpruned on its own.", "Protect those layers in the plan, or run without --strict "
+                          "to prune the rest and leave them whole.")
     plan = _with_protected(plan, [layer for p in protected for layer in p.layers])
     for p in protected:
         yield Log(f"Left unpruned: the group of {p.root} ({len(p.layers)} layer(s)); pruning it broke the model "
