@@ -183,10 +183,21 @@ def main() -> None:
     print(markdown(result))
 
 
-def size_min(args) -> None:
-    """The grid and the heuristic for size=min on the same model, data, resolution and trial budget."""
+def size_min_recipe(args, method: str, parallel: int = 1):
+    """The size=min search both size-min benchmarks run: same data, budget, floor and resolution."""
     from studio.engine.jobs import DataSource, ModelSource, Recipe
     from studio.engine.jobs.recipe import SearchOptions
+    return Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
+                                                                 eval_batches=args.eval_batches),
+                  finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
+                                       device="cpu"),
+                  exports=["checkpoint"],
+                  search=SearchOptions(method=method, targets=["size=min"], max_drop=args.max_drop,
+                                       resolution=args.resolution, parallel=parallel))
+
+
+def size_min(args) -> None:
+    """The grid and the heuristic for size=min on the same model, data, resolution and trial budget."""
     from studio.engine.jobs.search import run_search
 
     out = {"command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
@@ -195,13 +206,7 @@ def size_min(args) -> None:
            "max_steps": args.max_steps}
     root = Path(tempfile.mkdtemp(prefix="size-min-"))
     for method in ("heuristic", "grid"):
-        recipe = Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
-                                                                       eval_batches=args.eval_batches),
-                        finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
-                                             device="cpu"),
-                        exports=["checkpoint"],
-                        search=SearchOptions(method=method, targets=["size=min"], max_drop=args.max_drop,
-                                             resolution=args.resolution))
+        recipe = size_min_recipe(args, method)
         log(f"{method}: searching")
         started = time.perf_counter()
         result = run_to_end(run_search(recipe, root / method),
@@ -243,20 +248,12 @@ def size_min(args) -> None:
 
 def parallel_grid(args) -> None:
     """The same size=min grid, one trial at a time and ``--parallel-grid`` at a time."""
-    from studio.engine.jobs import DataSource, ModelSource, Recipe
-    from studio.engine.jobs.recipe import SearchOptions
     from studio.engine.jobs.search import run_search
 
     root = Path(tempfile.mkdtemp(prefix="parallel-grid-"))
     runs = {}
     for parallel in (1, args.parallel_grid):
-        recipe = Recipe(model=ModelSource(args.model), data=DataSource(args.data, batch_size=args.batch_size,
-                                                                       eval_batches=args.eval_batches),
-                        finetune=TrainConfig(epochs=args.epochs, lr=args.lr, max_steps_per_epoch=args.max_steps,
-                                             device="cpu"),
-                        exports=["checkpoint"],
-                        search=SearchOptions(method="grid", targets=["size=min"], max_drop=args.max_drop,
-                                             resolution=args.resolution, parallel=parallel))
+        recipe = size_min_recipe(args, "grid", parallel)
         log(f"grid, {parallel} at a time")
         started = time.perf_counter()
         search = run_to_end(run_search(recipe, root / f"p{parallel}")).metrics["search"]
