@@ -230,7 +230,7 @@ class StrategyPanel(QWidget):
         self._sparsity = self._row(form, "Sparsity", self._percent(),
                                    "After removing channels, also zero this share of the remaining weights "
                                    "(smallest first). Shrinks compressed files; dense compute stays the same.")
-        self._strict = QCheckBox("Strict: stop instead of leaving groups unpruned")
+        self._strict = QCheckBox("Strict: never skip a group")
         self._strict.setToolTip("When pruning a group would break the model, the studio finds that group, leaves "
                                 "it unpruned, names it in the log and report, and prunes the rest. Strict stops "
                                 "the job instead, naming the groups, so that you protect them yourself.")
