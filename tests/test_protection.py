@@ -65,3 +65,16 @@ def test_strict_refuses_with_the_names(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "Strict plan" in err and "the group of b" in err
     assert not (tmp_path / "strict").exists()
+
+
+def test_a_plan_error_is_said_once_not_bisected(tmp_path):
+    import pytest
+
+    from studio.engine.errors import StudioError
+    recipe = Recipe(model=ModelSource("cifar:resnet20"), data=DataSource(DATA.replace("3x16x16", "3x32x32")
+                                                                          .replace("classes=4", "classes=10")),
+                    plan=PruningPlan(rate=0.3, protected=["no_such_layer"]), exports=["checkpoint"])
+    events = []
+    with pytest.raises(StudioError, match="no_such_layer"):
+        run_to_end(run_recipe(recipe, tmp_path / "r"), events.append)
+    assert not any(isinstance(e, Log) and "finding the groups at fault" in e.message for e in events)

@@ -5,8 +5,8 @@ keep its output shape). When torch-pruning raises while scoring or pruning, or t
 fails, the groups at fault are found by bisection: the prunable groups are split in halves,
 each half is pruned alone with every other group protected, and a half that fails is split
 again, down to single groups. Those groups are protected (with the first error as the
-reason) and the rest is pruned. A model that cannot be traced at all is not bisected: that
-error says so once, before any slow step.
+reason) and the rest is pruned. Errors in the user's input (a plan naming no such layer)
+and a model that cannot be traced at all are not bisected: they are said once, as before.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from studio.engine.events import Log, run_to_end
 from studio.engine.pruning.plan import PruningPlan, find_classifier
 from studio.engine.pruning.surgery import prune
 
-TRACE_FAILURE = "could not trace the model"
 MAX_ROUNDS = 4
 
 
@@ -65,16 +64,19 @@ def _with_protected(plan: PruningPlan, layers) -> PruningPlan:
 def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Tensor, *, check: Callable,
                           calibration=None, token=None) -> Generator[object, None, tuple]:
     """`prune`, protecting the groups that break the model; returns (PruneResult, [ProtectedGroup])."""
+    plan.validate(model)
     try:
         result = yield from prune(model, plan, example, calibration=calibration, token=token)
-        check(result.model)
-        return result, []
-    except JobCancelled:
-        raise
-    except Exception as exc:   # torch-pruning's own errors, or the check's StudioError
-        if isinstance(exc, StudioError) and TRACE_FAILURE in exc.problem:
-            raise
+    except StudioError:
+        raise            # the user's input, or a model that cannot be traced at all: said once, not bisected
+    except Exception as exc:   # torch-pruning failing inside a group
         first = exc
+    else:
+        try:
+            check(result.model)
+            return result, []
+        except StudioError as exc:   # the pruned model no longer runs, or changed its output shape
+            first = exc
     why = _reason(first)
     yield Log(f"Pruning broke the model ({why}); finding the groups at fault.", "warning")
     groups = _groups(model, example, plan)
