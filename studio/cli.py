@@ -257,9 +257,12 @@ def _run_job(recipe, out) -> int:
 
 
 def cmd_inspect(args) -> int:
+    import torch
+
     from studio.engine.graph import build_graph
     from studio.engine.metrics import count_macs, count_params
     from studio.engine.models import load_model
+    from studio.engine.pruning import reachable_macs
 
     loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
                         input_size=args.input_size)
@@ -280,6 +283,9 @@ def cmd_inspect(args) -> int:
         print(f"{len(lg.prunable)} prunable layers in {len(lg.groups)} coupled groups (* = prunable):")
         for i, members in enumerate(lg.groups):
             print(f"  group {i}: {', '.join(members)}")
+        smallest, largest = reachable_macs(loaded.module, torch.randn(1, *loaded.input_size))
+        print(f"MACs a plan can reach: {smallest:,} (every group at 90 %) to {largest:,} (unpruned), "
+              f"{largest / max(smallest, 1):.1f}× at most")
     else:
         print(f"not prunable: {loaded.why_not_prunable}")
     for w in lg.warnings:

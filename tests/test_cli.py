@@ -1,11 +1,13 @@
 """The CLI end to end on a synthetic ImageFolder, its error lines, and torchrun with gloo."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TEN_CLASSES
 
 from studio.cli import main
@@ -43,6 +45,14 @@ def test_inspect_prints_layers_and_groups(capsys):
     assert main(["inspect", "cifar:resnet20"]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.conv1" in out and "Conv2d" in out and "coupled groups" in out
+    # The reach of a plan, as FastNAS's profile shows it: from every group at 90 % to unpruned.
+    line = next(l for l in out.splitlines() if l.startswith("MACs a plan can reach"))
+    low, high = (int(v.replace(",", "")) for v in re.findall(r"([\d,]+) \(", line))
+    from studio.engine.models import load_model
+    from studio.engine.pruning import PruningPlan, estimate
+    model = load_model("cifar:resnet20").module
+    assert high == estimate(model, PruningPlan(rate=0.0), torch.randn(1, 3, 32, 32))[1]
+    assert 0 < low < high / 10
 
 
 def test_criteria_lists_the_registry(capsys):

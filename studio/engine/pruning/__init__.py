@@ -7,7 +7,7 @@ GUI's helpers (`estimate`, `channel_importance`); ``macs`` counts MACs around su
 """
 from studio.engine.pruning.criteria import CRITERIA, Criterion, get_criterion
 from studio.engine.pruning.plan import PruningPlan, find_classifier
-from studio.engine.pruning.surgery import LayerChange, PruneResult, channel_importance, estimate, prune
+from studio.engine.pruning.surgery import LayerChange, PruneResult, channel_importance, estimate, prune, reachable_macs
 
 __all__ = ["CRITERIA", "Criterion", "LayerChange", "PruneResult", "PruningPlan", "channel_importance",
-           "estimate", "find_classifier", "get_criterion", "prune"]
+           "estimate", "find_classifier", "get_criterion", "prune", "reachable_macs"]

@@ -239,3 +239,13 @@ def estimate(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple[int, 
     for _ in range(plan.iterative_steps):
         pruner.step()
     return _param_count(work), count_macs_after(counter, work, example_inputs)
+
+
+def reachable_macs(model: nn.Module, example_inputs, max_rate: float = 0.9) -> tuple[int, int]:
+    """The MACs range a plan can reach, as FastNAS's profile shows it: (smallest, largest).
+
+    The smallest is every prunable group at ``max_rate`` (the head and what it forces stay
+    whole); the largest is the model unpruned.
+    """
+    return estimate(model, PruningPlan(rate=max_rate), example_inputs)[1], \
+        estimate(model, PruningPlan(rate=0.0), example_inputs)[1]
