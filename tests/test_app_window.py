@@ -77,6 +77,9 @@ def test_opening_a_model_draws_its_graph(qtbot, window, errors):
     assert len(scene_items) >= graph.number_of_nodes() + graph.number_of_edges()
     assert "resnet20" in window.windowTitle()
     assert "UNTRAINED" in window.header.text()
+    # The pre-flight reach of a plan, beside the model's own figures.
+    assert "a plan can reach" in window.header.text()
+    assert 0 < window.document.model.facts["macs_reach"] < window.document.model.facts["macs"] / 10
     assert not errors
 
 

@@ -57,7 +57,7 @@ from studio.engine.methods.targets import Target
 from studio.engine.jobs.report import human_bytes, human_count
 from studio.engine.metrics import count_macs, dense_size_bytes
 from studio.engine.models import load_model
-from studio.engine.pruning import channel_importance, estimate, get_criterion
+from studio.engine.pruning import channel_importance, estimate, get_criterion, reachable_macs
 from studio.engine.training import evaluate
 
 APP_NAME = "Compression Studio"
@@ -89,6 +89,16 @@ def target_note(recipe: Recipe, now: tuple[int, int]) -> str:
             "The rates are found by the search when you Run.")
 
 
+def _macs_reach(loaded) -> Optional[int]:
+    """The smallest MACs a plan can reach (every group at 90 %), or None when the model cannot be pruned."""
+    if not loaded.prunable:
+        return None
+    try:
+        return reachable_macs(loaded.module, torch.randn(1, *loaded.input_size))[0]
+    except Exception:  # noqa: BLE001 - the header then leaves the range out; pruning reports the real error
+        return None
+
+
 def _open_model_work(request: dict) -> OpenedModel:
     """Load a model and trace its graph (engine thread)."""
     loaded = load_model(request["spec"], arch=request.get("arch"), num_classes=request.get("num_classes"),
@@ -108,7 +118,8 @@ def _open_model_work(request: dict) -> OpenedModel:
         macs = count_macs(module, loaded.input_size)
     except Exception:  # noqa: BLE001 - a model the counter cannot run still opens
         macs = None
-    facts = {"params": loaded.num_params, "macs": macs, "dense_bytes": dense_size_bytes(module)}
+    facts = {"params": loaded.num_params, "macs": macs, "dense_bytes": dense_size_bytes(module),
+             "macs_reach": _macs_reach(loaded) if macs else None}
     return OpenedModel(loaded=loaded, layer_graph=layer_graph, layout=layout, facts=facts, request=dict(request))
 
 
@@ -345,6 +356,9 @@ class MainWindow(QMainWindow):
         parts = [f"<b>{loaded.arch or loaded.spec}</b> <span style='color:#64748b'>({loaded.kind})</span>",
                  f"{human_count(facts['params'])} params",
                  f"{human_count(facts['macs'])} MACs" if facts.get("macs") else "MACs unknown",
+                 *([f"<span style='color:#64748b' title='every prunable group at 90 % to unpruned'>a plan can "
+                    f"reach {human_count(facts['macs_reach'])}–{human_count(facts['macs'])} MACs</span>"]
+                   if facts.get("macs_reach") else []),
                  human_bytes(facts["dense_bytes"])]
         if d.accuracy:
             parts.append(f"top-1 <b>{d.accuracy['top1']:.1%}</b> on {d.accuracy['images']:,} val images")
