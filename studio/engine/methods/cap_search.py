@@ -34,16 +34,10 @@ from studio.engine.errors import StudioError
 from studio.engine.events import Log, Phase, Progress
 from studio.engine.methods.base import MethodInput, MethodResult, Option, get_method, register
 from studio.engine.methods.search import TargetSearch
-from studio.engine.methods.sensitivity import (
-    GroupCurve,
-    SensitivityResult,
-    _fit,
-    calibration_split,
-    group_members,
-    prunable_groups,
-)
+from studio.engine.methods.sensitivity import GroupCurve, SensitivityResult, _fit, calibration_split
 from studio.engine.pruning import PruningPlan
 from studio.engine.pruning.fit_criteria import CompensationImportance
+from studio.engine.pruning.groups import group_members, prunable_groups
 from studio.engine.pruning.plan import kept_channels
 from studio.engine.training import TrainConfig
 

@@ -35,7 +35,8 @@ from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progr
 from studio.engine.files import cache_dir, write_text
 from studio.engine.methods.base import Method, MethodInput, MethodResult, Option, register
 from studio.engine.methods.probe_runner import ProbeRunner
-from studio.engine.pruning import CRITERIA, find_classifier, get_criterion
+from studio.engine.pruning import CRITERIA, get_criterion
+from studio.engine.pruning.groups import group_members, prunable_groups
 from studio.engine.pruning.masks import zeroed, zeroing_plan
 from studio.engine.pruning.plan import kept_channels
 from studio.engine.pruning.surgery import prepare_scores
@@ -179,27 +180,6 @@ def _fit(rates: list, top1: list, base: float) -> tuple[float, list]:
     from sklearn.isotonic import IsotonicRegression  # scikit-learn: a well-kept PAV implementation
     fitted = IsotonicRegression(increasing=False).fit_transform([0.0, *rates], [base, *top1])
     return float(fitted[0]), [float(v) for v in fitted[1:]]
-
-
-def group_members(dg, group, names: dict) -> tuple[str, list]:
-    """The group's root layer and every conv/Linear whose output channels go with it, by name."""
-    root = names[group[0].dep.target.module]
-    layers = [names[dep.target.module] for dep, _ in group.items
-              if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
-              and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
-    return root, layers or [root]
-
-
-def prunable_groups(work: nn.Module, example: torch.Tensor):
-    """torch-pruning's dependency graph of ``work`` and its prunable groups (head excluded)."""
-    head = find_classifier(work)
-    modules = dict(work.named_modules())
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
-    ignored = [modules[head]] if head else []
-    groups = list(dg.get_all_groups(ignored_layers=ignored,
-                                    root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
-    return dg, groups
 
 
 def _probe_by_surgery(base: nn.Module, example: torch.Tensor, root: str, idxs: list, batches: list):

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Callable, Generator
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import Log, run_to_end
-from studio.engine.pruning.plan import PruningPlan, find_classifier
+from studio.engine.pruning.groups import group_members, prunable_groups
+from studio.engine.pruning.plan import PruningPlan
 from studio.engine.pruning.surgery import prune
 
 MAX_ROUNDS = 4
@@ -38,20 +38,8 @@ def _groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[
     """(root, member layers) of every group the plan could prune (head and protected layers excluded)."""
     work = copy.deepcopy(model).cpu().eval()
     names = {m: n for n, m in work.named_modules()}
-    modules = dict(work.named_modules())
-    head = find_classifier(work)
-    ignored = [modules[n] for n in (*plan.protected, *([head] if head else [])) if n in modules]
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(work, example_inputs=example.cpu(), verbose=False)
-    found = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
-        layers = [names[dep.target.module] for dep, _ in group
-                  if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
-                  and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
-        root = names.get(group[0].dep.target.module)
-        if root is not None:
-            found.append((root, layers or [root]))
-    return found
+    dg, groups = prunable_groups(work, example.cpu(), plan.protected)
+    return [group_members(dg, g, names) for g in groups if g[0].dep.target.module in names]
 
 
 def _with_protected(plan: PruningPlan, layers) -> PruningPlan:

@@ -67,7 +67,7 @@ def worker_devices(parallel: int, device: str) -> list[str]:
 class SharedToken(CancelToken):
     """A `CancelToken` whose events live across processes (made from a multiprocessing context)."""
 
-    def __init__(self, ctx) -> None:   # noqa: D107 - same behaviour as the base, other events
+    def __init__(self, ctx) -> None:   # the base behaviour, on events shared across processes
         self._cancelled = ctx.Event()
         self._running = ctx.Event()
         self._running.set()

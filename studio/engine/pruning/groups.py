@@ -1,0 +1,36 @@
+"""The groups a plan can prune: torch-pruning's coupled channels, head and protected layers excluded.
+
+Shared by the sensitivity analysis, CaP's curves and the protection of groups that break a
+model, so all three see the same groups under the same names.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from studio.engine.pruning.plan import find_classifier
+
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def prunable_groups(work: nn.Module, example: torch.Tensor, protected: Iterable[str] = ()):
+    """torch-pruning's dependency graph of ``work`` and its prunable groups (head and ``protected`` excluded)."""
+    head = find_classifier(work)
+    modules = dict(work.named_modules())
+    ignored = [modules[n] for n in (*protected, *([head] if head else [])) if n in modules]
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
+    groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=list(_WEIGHTED)))
+    return dg, groups
+
+
+def group_members(dg, group, names: dict) -> tuple[str, list]:
+    """The group's root layer and every conv/Linear whose output channels go with it, by name."""
+    root = names[group[0].dep.target.module]
+    layers = [names[dep.target.module] for dep, _ in group.items
+              if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
+              and isinstance(dep.target.module, _WEIGHTED)]
+    return root, layers or [root]
