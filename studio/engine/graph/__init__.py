@@ -11,9 +11,9 @@ Modules, from the entry point down: ``builder`` (build_graph), ``fx_trace`` and
 """
 from studio.engine.graph.builder import LayerGraph, build_graph
 from studio.engine.graph.groups import output_heads
-from studio.engine.graph.hazards import find_tracing_hazards
+from studio.engine.graph.hazards import Hazard, find_tracing_hazards, model_hazards
 from studio.engine.graph.layout import Layout, layered_layout
 from studio.engine.graph.nodes import CATEGORIES
 
-__all__ = ["CATEGORIES", "LayerGraph", "Layout", "build_graph", "find_tracing_hazards", "layered_layout",
+__all__ = ["CATEGORIES", "Hazard", "model_hazards", "LayerGraph", "Layout", "build_graph", "find_tracing_hazards", "layered_layout",
            "output_heads"]

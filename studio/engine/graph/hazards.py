@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -11,6 +12,7 @@ from studio.engine.graph.probe import (
     AutogradView,
     LayerCall,
     NoGradForward,
+    Opaque,
     Probe,
     fn_kind,
     fn_shape,
@@ -36,22 +38,57 @@ def _builtin(call: Optional[LayerCall]) -> bool:
     return call is not None and type(call.module).__module__.startswith(("torch.nn", "torch.ao.nn"))
 
 
+@dataclass
+class Hazard:
+    """A pattern torch-pruning would mishandle: what to tell the user, and the layers it puts at risk.
+
+    ``layers`` are the conv/Linear layers whose output channels flow into the pattern; leaving
+    their groups unpruned keeps the model correct (`studio.engine.pruning.protection`).
+    """
+    text: str
+    layers: list = field(default_factory=list)
+
+
 def describe_hazards(probe: Probe) -> list[str]:
     """Plain-words descriptions of what torch-pruning would get wrong in this model."""
+    return [h.text for h in find_hazards(probe)]
+
+
+def find_hazards(probe: Probe) -> list[Hazard]:
+    """The patterns in the probed model that torch-pruning would mishandle, with the layers at risk."""
     if not probe.has_grad:
-        return ["The forward pass runs under torch.no_grad() (or detaches its output), so "
-                "torch-pruning cannot see how the layers connect and would prune channels "
-                "without fixing the layers that use them. Remove torch.no_grad() / .detach() "
-                "from the model's forward."]
-    found: list[str] = []
-    no_grad = [c.qualname for c in probe.calls
-               if not c.grad_enabled and any(True for _ in c.module.parameters())]
+        return [Hazard("The forward pass runs under torch.no_grad() (or detaches its output), so "
+                       "torch-pruning cannot see how the layers connect and would prune channels "
+                       "without fixing the layers that use them. Remove torch.no_grad() / .detach() "
+                       "from the model's forward.", [c.qualname for c in probe.calls if _weighted(c)])]
+    found: list[Hazard] = []
+    no_grad = [c.qualname for c in probe.calls if not c.grad_enabled and _weighted(c)]
     if no_grad:
-        found.append(f"Layers {_names(no_grad)} run under torch.no_grad() inside forward, so "
-                     "torch-pruning cannot see them; pruning their neighbours would leave them "
-                     "with the wrong channel count. Remove torch.no_grad() from forward.")
+        found.append(Hazard(f"Layers {_names(no_grad)} run under torch.no_grad() inside forward, so "
+                            "torch-pruning cannot see them; pruning their neighbours would leave them "
+                            "with the wrong channel count. Remove torch.no_grad() from forward.", no_grad))
     view = probe.walk()
-    seen: dict[tuple[str, str], list] = {}   # (problem, op) -> autograd nodes, in forward order
+    scripted = [c for c in probe.calls if isinstance(c.module, Opaque) and c.first_call]
+    if scripted:
+        feeding = [f for c in scripted for f, _ in c.in_refs if f != "input"]
+        found.append(Hazard(f"TorchScript submodules {_names([c.qualname for c in scripted])}: the studio cannot "
+                            "look inside a scripted module, so it keeps it whole and leaves the layers that feed "
+                            "it unpruned. Use the eager (unscripted) module to prune around it.",
+                            list(dict.fromkeys(n for f in feeding for n in view.producers(f)))))
+    for (problem, op), fns in sorted(_sites(view).items(), key=lambda kv: kv[1][0]._sequence_nr()):
+        fns = sorted(fns, key=lambda f: f._sequence_nr())
+        layers = list(dict.fromkeys(name for f in fns for name in view.producers(f)))
+        found.append(Hazard(_explain(problem, op, _places(view, fns)), layers))
+    return found
+
+
+def _weighted(call: LayerCall) -> bool:
+    return isinstance(call.module, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _sites(view: AutogradView) -> dict[tuple[str, str], list]:
+    """(problem, op) -> the autograd nodes where it happens, outside torch.nn's own layers."""
+    seen: dict[tuple[str, str], list] = {}
     for f in view.nodes:
         # Ops inside torch.nn layers are the layer's business; ops anywhere else (including
         # inside custom leaf modules) are what torch-pruning has to interpret.
@@ -66,29 +103,47 @@ def describe_hazards(probe: Probe) -> list[str]:
             seen.setdefault(("shuffle", kind), []).append(f)
         elif is_custom_fn(f):
             seen.setdefault(("custom", re.sub(r"Backward$", "", type(f).__name__)), []).append(f)
+        elif _slices_channels(f):
+            seen.setdefault(("slice", kind), []).append(f)
         elif kind not in ("transpose", "permute") and not tp_handles(kind) and _changes_channels(f):
             seen.setdefault(("channels", kind), []).append(f)
-    for (problem, op), fns in sorted(seen.items(), key=lambda kv: kv[1][0]._sequence_nr()):
-        where = _places(view, sorted(fns, key=lambda f: f._sequence_nr()))
-        if problem == "stack":
-            found.append(f"torch.stack {where}: torch-pruning treats it as an element-wise op "
-                         "and cannot follow channels through it, so pruning would break the "
-                         "model. Use torch.cat, or keep the stacked layers out of pruning.")
-        elif problem == "shuffle":
-            found.append(f"Channel shuffle ({op}) {where}: it moves channels between groups, "
-                         "which torch-pruning does not track, so pruned channels would be mixed "
-                         "up. Keep the layers around it out of pruning.")
-        elif problem == "custom":
-            found.append(f"Custom autograd function {op} {where}: torch-pruning assumes it keeps "
-                         "every channel separate (element-wise); if it mixes or changes channels, "
-                         "pruning will break the model. Keep the layers around it out of pruning "
-                         "unless you know it is element-wise.")
-        else:
-            found.append(f"Operation '{op}' {where} changes the number of channels but is not a "
-                         "convolution, linear layer or concatenation; torch-pruning treats it as "
-                         "element-wise and would prune the wrong channels. Keep the layers around "
-                         "it out of pruning.")
-    return found
+    return seen
+
+
+def _explain(problem: str, op: str, where: str) -> str:
+    if problem == "stack":
+        return (f"torch.stack {where}: torch-pruning treats it as an element-wise op "
+                "and cannot follow channels through it, so pruning would break the "
+                "model. Use torch.cat, or keep the stacked layers out of pruning.")
+    if problem == "shuffle":
+        return (f"Channel shuffle ({op}) {where}: it moves channels between groups, "
+                "which torch-pruning does not track, so pruned channels would be mixed "
+                "up. Keep the layers around it out of pruning.")
+    if problem == "custom":
+        return (f"Custom autograd function {op} {where}: torch-pruning assumes it keeps "
+                "every channel separate (element-wise); if it mixes or changes channels, "
+                "pruning will break the model. Keep the layers around it out of pruning "
+                "unless you know it is element-wise.")
+    if problem == "slice":
+        return (f"Channels sliced at fixed indices (x[:, a:b]) {where}: the indices are written in the "
+                "code, so after pruning they would pick other channels or run past the end. Keep the "
+                "layers before the slice out of pruning.")
+    return (f"Operation '{op}' {where} changes the number of channels but is not a "
+            "convolution, linear layer or concatenation; torch-pruning treats it as "
+            "element-wise and would prune the wrong channels. Keep the layers around "
+            "it out of pruning.")
+
+
+def _slices_channels(f: Any) -> bool:
+    """A slice of part of the channel axis of an image (N,C,H,W) or feature (N,C) tensor."""
+    if type(f).__name__ != "SliceBackward0" or getattr(f, "_saved_dim", None) != 1:
+        return False
+    sizes = tuple(getattr(f, "_saved_self_sym_sizes", ()))
+    if len(sizes) not in (2, 4):
+        return False
+    start, end = getattr(f, "_saved_start", 0) or 0, getattr(f, "_saved_end", None)
+    whole = start == 0 and (end is None or end >= sizes[1]) and getattr(f, "_saved_step", 1) == 1
+    return not whole
 
 
 def _names(names: list[str], limit: int = 4) -> str:
@@ -155,6 +210,11 @@ def run_probe(shadows: Shadows) -> Probe:
                 pass  # reported by describe_hazards
         return p
     return shadows.run(run)
+
+
+def model_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[Hazard]:
+    """The hazards of ``model`` with the layers each puts at risk (what protection leaves unpruned)."""
+    return find_hazards(run_probe(Shadows(model, check_input_size(input_size))))
 
 
 def find_tracing_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:

@@ -25,6 +25,36 @@ class LayerCall:
     first_call: bool
 
 
+class Opaque(nn.Module):
+    """Stands in for a TorchScript submodule during the probe: ScriptModules take no hooks.
+
+    The studio cannot look inside a scripted module, so it is an opaque leaf: the layers
+    that feed it are kept whole (`studio.engine.graph.hazards`).
+    """
+
+    def __init__(self, scripted: nn.Module):
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, *args, **kwargs):
+        return self.scripted(*args, **kwargs)
+
+
+def _wrap_scripted(model: nn.Module, leaves: list) -> tuple[list, list]:
+    """Swap every scripted leaf for an `Opaque` (in the probed copy); returns (leaves, undo list)."""
+    undo, out = [], []
+    modules = dict(model.named_modules())
+    for name, m in leaves:
+        if isinstance(m, torch.jit.ScriptModule):
+            parent_name, _, attr = name.rpartition(".")
+            parent = modules[parent_name] if parent_name else model
+            m = Opaque(m)
+            undo.append((parent, attr, m.scripted))
+            setattr(parent, attr, m)
+        out.append((name, m))
+    return out, undo
+
+
 class NoGradForward(Exception):
     """The probed forward produced no autograd history; torch-pruning must not be run on it."""
 
@@ -96,7 +126,8 @@ class Probe:
                 grad_enabled=enabled, first_call=count == 0))
 
         hooks = []
-        for name, m in _leaves(model):
+        leaves, undo = _wrap_scripted(model, _leaves(model))
+        for name, m in leaves:
             names[id(m)] = name
             hooks.append(m.register_forward_pre_hook(pre))
             hooks.append(m.register_forward_hook(post))
@@ -105,6 +136,8 @@ class Probe:
         finally:
             for h in hooks:
                 h.remove()
+            for parent, attr, scripted in undo:
+                setattr(parent, attr, scripted)
         self.outputs = _flatten(out)
         if not self.has_grad:
             raise NoGradForward()
@@ -227,3 +260,29 @@ class AutogradView:
                 break
             frontier = nxt
         return found[:limit] or ["the input"]
+
+    def producers(self, f: Any) -> list[str]:
+        """The conv/Linear layers whose output channels reach autograd node ``f`` unchanged.
+
+        Walks back through ops and through channel-keeping layers (BatchNorm, activations,
+        pooling) to the layers that make the channels: protecting their groups keeps the
+        channels that reach ``f`` whole.
+        """
+        found: list[str] = []
+        stack, seen = [f], {f}
+        while stack:
+            g = stack.pop()
+            call = self.owner.get(g) or self.internal.get(g)
+            if call is not None:
+                if isinstance(call.module, (nn.modules.conv._ConvNd, nn.Linear)):
+                    if call.qualname not in found:
+                        found.append(call.qualname)
+                    continue
+                nxt = [r[0] for r in call.in_refs if r[0] != "input"]
+            else:
+                nxt = [nf for nf, _ in g.next_functions if nf is not None and self.data.get(nf, False)]
+            for nf in nxt:
+                if nf not in seen:
+                    seen.add(nf)
+                    stack.append(nf)
+        return found

@@ -29,7 +29,7 @@ from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, MetricsSnapshot, Phase
 from studio.engine.export import export_model
 from studio.engine.files import atomic_write, write_text
-from studio.engine.graph import find_tracing_hazards
+from studio.engine.graph import model_hazards
 from studio.engine.jobs.recipe import Recipe, TrainingRecipe
 from studio.engine.jobs.report import write_report
 from studio.engine.metrics import measure
@@ -186,7 +186,8 @@ def _run(recipe, staging, token, loaded, bundle, started):
     loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
     input_size = tuple(loaded.input_size)
 
-    warnings = list(find_tracing_hazards(loaded.module, input_size))
+    hazards = model_hazards(loaded.module, input_size)
+    warnings = [h.text for h in hazards]
     for w in warnings:
         yield Log(w, "warning")
     if not loaded.trained:
@@ -225,11 +226,10 @@ def _run(recipe, staging, token, loaded, bundle, started):
         yield Log(f"Channels chosen by the {plan.criterion} criterion, as reconstruct.method "
                   f"'{recipe.reconstruct.method}' asks (in place of {recipe.plan.criterion}).")
     pruned, protected = yield from prune_with_protection(
-        work, plan, example, calibration=calib, token=token,
+        work, plan, example, calibration=calib, token=token, hazards=hazards,
         check=lambda m: check_pruned_model(m.cpu(), example, expected_shape, warnings))
     model = pruned.model.cpu()
-    warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}), because pruning it broke the "
-                    f"model: {p.why}" for p in protected)
+    warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}). {p.why}" for p in protected)
     warnings.extend(f"{name} was given a rate in the plan but had to be left unpruned (see above)."
                     for name in explicit_requests(plan, protected))
     if main:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable, Generator, Sequence
 
 import torch
 from torch import nn
@@ -50,9 +50,15 @@ def _with_protected(plan: PruningPlan, layers) -> PruningPlan:
 
 
 def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Tensor, *, check: Callable,
-                          calibration=None, token=None) -> Generator[object, None, tuple]:
-    """`prune`, protecting the groups that break the model; returns (PruneResult, [ProtectedGroup])."""
+                          hazards: Sequence = (), calibration=None, token=None) -> Generator[object, None, tuple]:
+    """`prune`, protecting the groups that break the model; returns (PruneResult, [ProtectedGroup]).
+
+    ``hazards`` (`studio.engine.graph.Hazard`) protect the groups they touch before surgery;
+    a failure during or after surgery protects the groups found at fault by bisection.
+    """
     plan.validate(model)
+    protected = _hazard_groups(model, example, plan, hazards)
+    plan = yield from _protect(plan, protected)
     try:
         result = yield from prune(model, plan, example, calibration=calibration, token=token)
     except StudioError:
@@ -62,11 +68,47 @@ def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Te
     else:
         try:
             check(result.model)
-            return result, []
+            return result, protected
         except StudioError as exc:   # the pruned model no longer runs, or changed its output shape
             first = exc
     why = _reason(first)
     yield Log(f"Pruning broke the model ({why}); finding the groups at fault.", "warning")
+    found = _bisect(model, plan, example, check, calibration, token, why)
+    plan = yield from _protect(plan, found)
+    result = yield from prune(model, plan, example, calibration=calibration, token=token)
+    check(result.model)
+    return result, protected + found
+
+
+def _hazard_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan, hazards: Sequence) -> list:
+    """The groups whose layers feed a hazard (a pattern torch-pruning mishandles), before any surgery."""
+    at_risk = [h for h in hazards if h.layers]
+    if not at_risk:
+        return []
+    found = []
+    for root, layers in _groups(model, example, plan):
+        why = next((h for h in at_risk if set(h.layers) & set(layers)), None)
+        if why is not None:
+            found.append(ProtectedGroup(root, layers, _first_sentence(why.text)))
+    return found
+
+
+def _protect(plan: PruningPlan, protected: list) -> Generator[object, None, PruningPlan]:
+    """The plan with ``protected`` left unpruned, each said in the log; a strict plan refuses instead."""
+    if not protected:
+        return plan
+    if plan.strict:
+        names = "; ".join(f"the group of {p.root} ({', '.join(p.layers)}): {p.why}" for p in protected)
+        raise StudioError(f"Strict plan: these groups cannot be pruned safely, and strict mode does not leave "
+                          f"groups unpruned on its own: {names}.", "Protect those layers in the plan, or run "
+                          "without --strict to prune the rest and leave them whole.")
+    for p in protected:
+        yield Log(f"Left unpruned: the group of {p.root} ({len(p.layers)} layer(s)). {p.why}", "warning")
+    return _with_protected(plan, [layer for p in protected for layer in p.layers])
+
+
+def _bisect(model, plan, example, check, calibration, token, why: str) -> list:
+    """The groups whose pruning breaks the model, found by halving the prunable groups."""
     groups = _groups(model, example, plan)
 
     def fails(subset: list) -> bool:
@@ -95,21 +137,15 @@ def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Te
         bad = at_fault(remaining) if fails(remaining) else []
         if not bad:
             break
-        protected += [ProtectedGroup(root, layers, why) for root, layers in bad]
+        protected += [ProtectedGroup(root, layers, f"Pruning it broke the model ({why}).") for root, layers in bad]
         remaining = [g for g in remaining if g not in bad]
-    if plan.strict and protected:
-        names = "; ".join(f"the group of {p.root} ({', '.join(p.layers)})" for p in protected)
-        raise StudioError(f"Strict plan: pruning {names} breaks the model ({why}), and strict mode does not leave "
-                          "groups unpruned on its own.", "Protect those layers in the plan, or run without --strict "
-                          "to prune the rest and leave them whole.")
-    plan = _with_protected(plan, [layer for p in protected for layer in p.layers])
-    for p in protected:
-        yield Log(f"Left unpruned: the group of {p.root} ({len(p.layers)} layer(s)); pruning it broke the model "
-                  f"({p.why}).", "warning")
-    result = yield from prune(model, plan, example, calibration=calibration, token=token)
-    check(result.model)
-    return result, protected
+    return protected
 
+
+def _first_sentence(text: str) -> str:
+    """The hazard's finding without its advice: 'torch.stack after 'a': ... would break the model.'"""
+    head = text.split(". ")[0].rstrip(".")
+    return head + "." if head else text
 
 def _reason(exc: BaseException) -> str:
     text = exc.problem if isinstance(exc, StudioError) else f"{type(exc).__name__}: {exc}"
