@@ -257,12 +257,10 @@ def _run_job(recipe, out) -> int:
 
 
 def cmd_inspect(args) -> int:
-    import torch
-
     from studio.engine.graph import build_graph
     from studio.engine.metrics import count_macs, count_params
     from studio.engine.models import load_model
-    from studio.engine.pruning import reachable_macs
+    from studio.engine.pruning.preflight import preflight
 
     loaded = load_model(args.model, arch=args.arch, num_classes=args.num_classes, trust=args.trust,
                         input_size=args.input_size)
@@ -283,14 +281,23 @@ def cmd_inspect(args) -> int:
         print(f"{len(lg.prunable)} prunable layers in {len(lg.groups)} coupled groups (* = prunable):")
         for i, members in enumerate(lg.groups):
             print(f"  group {i}: {', '.join(members)}")
-        smallest, largest = reachable_macs(loaded.module, torch.randn(1, *loaded.input_size))
-        print(f"MACs a plan can reach: {smallest:,} (every group at 90 %) to {largest:,} (unpruned), "
-              f"{largest / max(smallest, 1):.1f}× at most")
+        _print_preflight(preflight(loaded.module, loaded.input_size))
     else:
         print(f"not prunable: {loaded.why_not_prunable}")
     for w in lg.warnings:
         print(f"warning: {w}")
     return 0
+
+
+def _print_preflight(found) -> None:
+    """The pre-flight report: prunable and blocked groups, and the MACs range a plan can reach."""
+    print(f"pre-flight: {found.groups - len(found.blocked)} of {found.groups} groups can be pruned")
+    for b in found.blocked:
+        print(f"  blocked: the group of {b.root} ({', '.join(b.layers)}): {b.why}")
+    smallest, largest = found.macs_range
+    if largest:
+        print(f"MACs a plan can reach: {smallest:,} (every group at 90 %) to {largest:,} (unpruned), "
+              f"{largest / max(smallest, 1):.1f}× at most")
 
 
 def cmd_prune(args) -> int:

@@ -26,6 +26,7 @@ EXPECTED = {
     "Scripted": (["b"], "TorchScript"),
     "Stacked": (["left"], "torch.stack"),
     "ConvHead": ([], ""),
+    "HeadsInForward": ([], ""),
 }
 
 
@@ -67,6 +68,17 @@ def test_a_conv_classifier_keeps_its_class_count(tmp_path):
     assert model.features[0].out_channels < 16
 
 
+def test_attention_is_pruned_in_whole_heads_and_its_head_size_follows(tmp_path):
+    import torch
+    metrics, _ = prune_net(tmp_path, "HeadsInForward", exports=["pt"])
+    model = torch.load(tmp_path / "run-HeadsInForward" / "model.pt", weights_only=False)
+    attn = model.attn
+    assert attn.num_heads == 4 and attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim
+    assert attn.head_dim < 4 and metrics["warnings"] == ["The model has random weights (untrained): accuracy "
+                                                          "figures are meaningless."]
+    assert model(torch.randn(2, *hard_nets.INPUT)).shape == (2, hard_nets.CLASSES)
+
+
 def test_a_torchscript_submodule_is_an_opaque_leaf_not_a_bad_input():
     from studio.engine.graph import model_hazards
     hazards = model_hazards(hard_nets.Scripted(), hard_nets.INPUT)
@@ -82,3 +94,39 @@ def test_strict_refuses_a_hazard_with_the_group_names(tmp_path):
 def test_a_layer_the_user_named_that_had_to_be_protected_is_a_warning(tmp_path):
     metrics, _ = prune_net(tmp_path, "Stacked", layer_rates={"left": 0.5})
     assert any("left was given a rate in the plan" in w for w in metrics["warnings"])
+
+
+def test_a_search_leaves_the_hazard_groups_whole_in_every_trial_and_reports_them(tmp_path):
+    from studio.engine.jobs.search import run_search
+    from studio.engine.jobs.recipe import SearchOptions
+    from studio.engine.training import TrainConfig
+    recipe = Recipe(model=ModelSource(f"{NETS}:Stacked", input_size=list(hard_nets.INPUT)),
+                    data=DataSource(DATA, batch_size=8), finetune=TrainConfig(epochs=0), exports=["checkpoint"],
+                    search=SearchOptions(targets=["macs=1.3x"], max_drop=100.0, rates=[0.3, 0.6], images=16))
+    events = []
+    result = run_to_end(run_search(recipe, tmp_path / "search"), events.append)
+    trials = result.metrics["search"]["trials"]
+    assert trials and all(t["protected"] == [] for t in trials)      # protected up front, not found by failing
+    assert all(not {"left", "right"} & set(t["layer_rates"]) for t in trials)
+    assert any(isinstance(e, Log) and "Left unpruned in every trial: left" in e.message for e in events)
+    assert [p["root"] for p in result.metrics["protected_groups"]] == ["left"]
+
+
+def test_inspect_names_the_blocked_groups_and_why(capsys):
+    from studio.cli import main
+    assert main(["inspect", f"{NETS}:Stacked", "--input-size", "3x16x16"]) == 0
+    out = capsys.readouterr().out
+    assert "pre-flight: 2 of 3 groups can be pruned" in out
+    assert "blocked: the group of left (left, right): torch.stack" in out
+
+
+def test_the_prediction_counts_blocked_groups_as_kept_and_says_when_surgery_fails():
+    from studio.engine.pruning.preflight import predict
+    from studio.engine.pruning.surgery import estimate
+    model, plan = hard_nets.Stacked(), PruningPlan(rate=0.3)
+    honest = predict(model, plan, hard_nets.INPUT)
+    import torch
+    naive = estimate(model, plan, torch.zeros(1, *hard_nets.INPUT))
+    assert [k.root for k in honest.kept] == ["left"] and honest.macs > naive[1] and not honest.failure
+    broken = predict(hard_nets.HardReshape(), PruningPlan(rate=0.5), hard_nets.INPUT)
+    assert "no longer runs" in broken.failure

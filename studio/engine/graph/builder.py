@@ -25,7 +25,8 @@ from studio.engine.errors import StudioError
 from studio.engine.graph.autograd_graph import graph_from_autograd
 from studio.engine.graph.fx_trace import ShapeInterpreter, graph_from_fx, trace_with_fx
 from studio.engine.graph.groups import coupled_groups, output_heads
-from studio.engine.graph.hazards import describe_hazards, run_probe
+from studio.engine.graph.attention import projection_names
+from studio.engine.graph.hazards import find_hazards, run_probe
 from studio.engine.graph.probe import Probe
 from studio.engine.graph.shadows import Shadows, check_input_size, example_input
 
@@ -81,7 +82,7 @@ def build_graph(model: nn.Module, input_size: tuple[int, int, int], *, with_grou
         probe = run_probe(shadows)
     groups, group_of, prunable = _number_groups(graph, groups, heads, dict(model.named_modules()))
     return LayerGraph(graph=graph, groups=groups, group_of=group_of, prunable=prunable,
-                      warnings=describe_hazards(probe) + notes, traced_with=traced_with)
+                      warnings=[h.text for h in find_hazards(probe, frozenset(projection_names(model)))] + notes, traced_with=traced_with)
 
 
 def _read_graph(shadows: Shadows) -> tuple[nx.DiGraph, Optional[Probe], list[str], str]:

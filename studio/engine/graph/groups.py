@@ -47,7 +47,7 @@ def coupled_groups(shadows: Shadows, heads: list[str]) -> tuple[Probe, Optional[
         probe = Probe()
         dg = tp.DependencyGraph()
         with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch-pruning's notes on unknown ops: see describe_hazards
+            warnings.simplefilter("ignore")  # torch-pruning's notes on unknown ops: see find_hazards
             try:
                 dg.build_dependency(shadow, verbose=False, forward_fn=probe.forward,
                                     example_inputs=example_input(shadow, shadows.input_size, meta, requires_grad=True))

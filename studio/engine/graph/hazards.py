@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from studio.engine.graph.attention import projection_names
 from studio.engine.graph.probe import (
     AutogradView,
     LayerCall,
@@ -49,13 +50,12 @@ class Hazard:
     layers: list = field(default_factory=list)
 
 
-def describe_hazards(probe: Probe) -> list[str]:
-    """Plain-words descriptions of what torch-pruning would get wrong in this model."""
-    return [h.text for h in find_hazards(probe)]
+def find_hazards(probe: Probe, handled: frozenset = frozenset()) -> list[Hazard]:
+    """The patterns in the probed model that torch-pruning would mishandle, with the layers at risk.
 
-
-def find_hazards(probe: Probe) -> list[Hazard]:
-    """The patterns in the probed model that torch-pruning would mishandle, with the layers at risk."""
+    A pattern fed only by ``handled`` layers (attention projections, pruned in whole heads) is
+    not one.
+    """
     if not probe.has_grad:
         return [Hazard("The forward pass runs under torch.no_grad() (or detaches its output), so "
                        "torch-pruning cannot see how the layers connect and would prune channels "
@@ -78,6 +78,8 @@ def find_hazards(probe: Probe) -> list[Hazard]:
     for (problem, op), fns in sorted(_sites(view).items(), key=lambda kv: kv[1][0]._sequence_nr()):
         fns = sorted(fns, key=lambda f: f._sequence_nr())
         layers = list(dict.fromkeys(name for f in fns for name in view.producers(f)))
+        if layers and set(layers) <= handled:
+            continue
         found.append(Hazard(_explain(problem, op, _places(view, fns)), layers))
     return found
 
@@ -207,14 +209,14 @@ def run_probe(shadows: Shadows) -> Probe:
             try:
                 p.forward(shadow, example_input(shadow, shadows.input_size, meta, requires_grad=True))
             except NoGradForward:
-                pass  # reported by describe_hazards
+                pass  # reported by find_hazards
         return p
     return shadows.run(run)
 
 
 def model_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[Hazard]:
     """The hazards of ``model`` with the layers each puts at risk (what protection leaves unpruned)."""
-    return find_hazards(run_probe(Shadows(model, check_input_size(input_size))))
+    return find_hazards(run_probe(Shadows(model, check_input_size(input_size))), frozenset(projection_names(model)))
 
 
 def find_tracing_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
@@ -224,5 +226,4 @@ def find_tracing_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[
     shuffles, custom autograd functions and other ops that change the channel count while
     torch-pruning treats them as element-wise.
     """
-    size = check_input_size(input_size)
-    return describe_hazards(run_probe(Shadows(model, size)))
+    return [h.text for h in model_hazards(model, input_size)]

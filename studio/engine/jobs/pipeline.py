@@ -36,7 +36,7 @@ from studio.engine.metrics import measure
 from studio.engine.models import LoadedModel, load_model, save_checkpoint
 from studio.engine.methods import MethodInput, get_method
 from studio.engine.pruning import PruningPlan, get_criterion
-from studio.engine.pruning.protection import as_dicts, explicit_requests, prune_with_protection
+from studio.engine.pruning.protection import RunsAsBefore, as_dicts, explicit_requests, prune_with_protection
 from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
 
 
@@ -87,20 +87,6 @@ def calibration_batches(bundle: DataBundle, batch_size: int, count: int, seed: i
         if len(batches) >= count:
             break
     return batches
-
-
-def check_pruned_model(model: nn.Module, example: torch.Tensor, expected_shape, hazards: list) -> None:
-    """A pruned model that no longer runs is reported in plain words rather than exported."""
-    try:
-        with torch.inference_mode():
-            out = model.eval()(example)
-    except Exception as exc:  # any failure here means surgery broke the model
-        hint = (" The model uses operations that dependency tracing handles badly: " + "; ".join(hazards)) if hazards else ""
-        raise StudioError(f"The pruned model no longer runs ({type(exc).__name__}: {exc}).{hint}",
-                          "Protect the layers named above, or use a lower rate for them.") from exc
-    if tuple(out.shape) != tuple(expected_shape):
-        raise StudioError(f"Pruning changed the model's output shape from {tuple(expected_shape)} to {tuple(out.shape)}.",
-                          "Protect the classifier and the layers that feed it.")
 
 
 def reset_weights(model: nn.Module) -> None:
@@ -194,8 +180,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
         warnings.append("The model has random weights (untrained): accuracy figures are meaningless.")
 
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(recipe.seed))
-    with torch.inference_mode():
-        expected_shape = loaded.module.eval()(example).shape
+    runs_as_before = RunsAsBefore(loaded.module, example, warnings)
     calib = None
     if bundle is not None:
         calib = calibration_batches(bundle, recipe.data.batch_size, recipe.data.calibration_batches, recipe.seed)
@@ -227,7 +212,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
                   f"'{recipe.reconstruct.method}' asks (in place of {recipe.plan.criterion}).")
     pruned, protected = yield from prune_with_protection(
         work, plan, example, calibration=calib, token=token, hazards=hazards,
-        check=lambda m: check_pruned_model(m.cpu(), example, expected_shape, warnings))
+        check=runs_as_before)
     model = pruned.model.cpu()
     warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}). {p.why}" for p in protected)
     warnings.extend(f"{name} was given a rate in the plan but had to be left unpruned (see above)."

@@ -28,6 +28,7 @@ from studio.engine.methods import MethodInput, get_method
 from studio.engine.methods.search import TRIALS_FILE
 from studio.engine.methods.sensitivity import FILE_NAME as SENSITIVITY_FILE
 from studio.engine.models import LoadedModel
+from studio.engine.pruning.protection import without_hazards
 from studio.engine.training import is_main_process, seed_everything
 from studio.engine.training.pool import worker_devices
 
@@ -109,7 +110,8 @@ def search_inputs(recipe: Recipe, loaded: LoadedModel, bundle: DataBundle, out_d
                        seed=recipe.seed)
     sparse = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,
                      seed=recipe.seed)
-    inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=recipe.plan,
+    plan, _ = without_hazards(loaded.module, recipe.plan, tuple(loaded.input_size))
+    inputs = MethodInput(model=loaded.module, input_size=tuple(loaded.input_size), data=bundle, plan=plan,
                          token=token, work_dir=out_dir, seed=recipe.seed, finetune=finetune, sparse_training=sparse,
                          parallel=recipe.search.parallel)
     return method, inputs, options
@@ -132,7 +134,12 @@ def run_search(recipe: Recipe, out_dir, *, token: Optional[CancelToken] = None, 
     seed_everything(recipe.seed)
     loaded, bundle = yield from load_job_inputs(recipe, loaded, bundle)
     method, inputs, options = search_inputs(recipe, loaded, bundle, out_dir, token)
+    for name in sorted(set(inputs.plan.protected) - set(recipe.plan.protected)):
+        yield Log(f"Left unpruned in every trial: {name} (it feeds a pattern pruning would break; see the hazards).",
+                  "warning")
     found = yield from method.run(inputs, options)
+    # The winner's run finds the same hazards again and reports them as protected groups.
+    found.plan.protected = list(recipe.plan.protected)
     winner = winner_recipe(recipe, found.plan, found.summary.get("reconstruct"))
     yield Log(f"Winner: trial {found.summary['winner']}; running its recipe for the final model and report.")
     final = yield from run_recipe(winner, out_dir / WINNER_FOLDER, token=token, loaded=loaded, bundle=bundle)

@@ -38,7 +38,8 @@ from studio.engine.methods.search import read_trials, write_trials
 from studio.engine.methods.sensitivity import calibration_split
 from studio.engine.methods.targets import parse_targets
 from studio.engine.metrics import compressed_size_bytes
-from studio.engine.pruning import PruningPlan, prune
+from studio.engine.pruning import PruningPlan
+from studio.engine.pruning.protection import RunsAsBefore, prune_with_protection
 from studio.engine.training import FixedZeros, TrainConfig, evaluate, train
 from studio.engine.training.pool import describe, run_parallel, worker_devices
 
@@ -127,7 +128,9 @@ class _PairTrials:
         yield Phase("trial", f"Trial: {s:.0%} of channels by γ, then {u:.0%} of the remaining weights")
         plan = self.plan(s, u)
         try:
-            pruned = yield from prune(self.slim, plan, self._example(), calibration=self.calibration, token=token)
+            example = self._example()
+            pruned, _ = yield from prune_with_protection(self.slim, plan, example, check=RunsAsBefore(self.slim, example),
+                                                         calibration=self.calibration, token=token)
         except StudioError as exc:   # e.g. a rate that would empty a layer: this pair is infeasible
             yield Log(f"Trial s={s:.2f}, u={u:.2f} cannot be pruned: {exc.problem}", "warning")
             return self._record(s, u, plan, None, 0.0, 0.0, started, note=exc.problem)

@@ -29,7 +29,8 @@ from studio.engine.methods.allocate import FigureMeter, allocate, figures_text, 
 from studio.engine.methods.base import Method, MethodInput, MethodResult, Option, register
 from studio.engine.methods.sensitivity import DEFAULT_RATES, calibration_split, data_id, load_or_analyse
 from studio.engine.methods.targets import LatencySetting, measure_figure, parse_targets
-from studio.engine.pruning import PruningPlan, prune
+from studio.engine.pruning import PruningPlan
+from studio.engine.pruning.protection import RunsAsBefore, protected_layers, prune_with_protection
 from studio.engine.training import FixedZeros, TrainConfig, evaluate, is_main_process, train
 
 TRIALS_FILE = "trials.jsonl"
@@ -76,6 +77,7 @@ class _Trials:
         data = inputs.data
         self.calibration = calibration_split(data.train if data.train is not None else data.val, 128, 32, inputs.seed)
         self.eval_batches = options["eval_batches"] or None
+        self.check = RunsAsBefore(inputs.model, self.example)
 
     def evaluate(self, model) -> Generator[object, None, float]:
         cfg = self.inputs.finetune or TrainConfig()
@@ -95,7 +97,8 @@ class _Trials:
         started = time.perf_counter()
         token = self.inputs.token
         yield Phase("trial", f"Trial {k}: pruning and measuring")
-        pruned = yield from prune(self.inputs.model, plan, self.example, calibration=self.calibration, token=token)
+        pruned, protected = yield from prune_with_protection(self.inputs.model, plan, self.example, check=self.check,
+                                                             calibration=self.calibration, token=token)
         model = pruned.model.cpu().eval()
         figures = {t.kind: measure_figure(t.kind, model, self.inputs.input_size, self.meter.latency)
                    for t in self.meter.targets}
@@ -114,7 +117,7 @@ class _Trials:
         return {"trial": k, "tau": tau, "layer_rates": dict(plan.layer_rates),
                 "figures": figures, "predicted": predicted,
                 "ratios": {kind: original[kind] / max(v, 1e-12) for kind, v in figures.items()},
-                "top1_pruned": top1_pruned, **extra, "top1": top1,
+                "top1_pruned": top1_pruned, **extra, "top1": top1, "protected": protected_layers(protected),
                 "met": self.meter.met(figures, self.options["tolerance"]), "floor_ok": top1 >= floor,
                 "seconds": round(time.perf_counter() - started, 2)}
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Generator, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import torch
 from torch import nn
 
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import Log, run_to_end
+from studio.engine.graph import model_hazards
 from studio.engine.pruning.groups import group_members, prunable_groups
 from studio.engine.pruning.plan import PruningPlan
 from studio.engine.pruning.surgery import prune
@@ -34,7 +35,32 @@ class ProtectedGroup:
     why: str
 
 
-def _groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[tuple[str, list]]:
+class RunsAsBefore:
+    """The check a pruned model must pass: it runs on the example and keeps the original's output shape."""
+
+    def __init__(self, original: nn.Module, example: torch.Tensor, hints: Sequence[str] = ()):
+        self.example, self.hints = example.cpu(), hints
+        was_training = original.training
+        with torch.inference_mode():
+            self.shape = tuple(original.eval()(self.example).shape)
+        original.train(was_training)
+
+    def __call__(self, model: nn.Module) -> None:
+        """Raise a plain-words `StudioError` when ``model`` fails the check."""
+        try:
+            with torch.inference_mode():
+                out = model.cpu().eval()(self.example)
+        except Exception as exc:  # any failure here means surgery broke the model
+            hint = (" The model uses operations that dependency tracing handles badly: " + "; ".join(self.hints)
+                    if self.hints else "")
+            raise StudioError(f"The pruned model no longer runs ({type(exc).__name__}: {exc}).{hint}",
+                              "Protect the layers named above, or use a lower rate for them.") from exc
+        if tuple(out.shape) != self.shape:
+            raise StudioError(f"Pruning changed the model's output shape from {self.shape} to {tuple(out.shape)}.",
+                              "Protect the classifier and the layers that feed it.")
+
+
+def plan_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[tuple[str, list]]:
     """(root, member layers) of every group the plan could prune (head and protected layers excluded)."""
     work = copy.deepcopy(model).cpu().eval()
     names = {m: n for n, m in work.named_modules()}
@@ -42,7 +68,7 @@ def _groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[
     return [group_members(dg, g, names) for g in groups if g[0].dep.target.module in names]
 
 
-def _with_protected(plan: PruningPlan, layers) -> PruningPlan:
+def with_protected(plan: PruningPlan, layers) -> PruningPlan:
     out = copy.deepcopy(plan)
     out.protected = sorted({*plan.protected, *layers})
     out.layer_rates = {k: v for k, v in plan.layer_rates.items() if k not in set(layers)}
@@ -57,8 +83,8 @@ def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Te
     a failure during or after surgery protects the groups found at fault by bisection.
     """
     plan.validate(model)
-    protected = _hazard_groups(model, example, plan, hazards)
-    plan = yield from _protect(plan, protected)
+    protected = hazard_groups(model, example, plan, hazards)
+    plan = yield from protect(plan, protected)
     try:
         result = yield from prune(model, plan, example, calibration=calibration, token=token)
     except StudioError:
@@ -74,26 +100,39 @@ def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Te
     why = _reason(first)
     yield Log(f"Pruning broke the model ({why}); finding the groups at fault.", "warning")
     found = _bisect(model, plan, example, check, calibration, token, why)
-    plan = yield from _protect(plan, found)
+    plan = yield from protect(plan, found)
     result = yield from prune(model, plan, example, calibration=calibration, token=token)
     check(result.model)
     return result, protected + found
 
 
-def _hazard_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan, hazards: Sequence) -> list:
-    """The groups whose layers feed a hazard (a pattern torch-pruning mishandles), before any surgery."""
+def hazard_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan, hazards: Sequence,
+                  groups: Optional[list] = None) -> list:
+    """The groups whose layers feed a hazard (a pattern torch-pruning mishandles), before any surgery.
+
+    ``groups`` are the plan's groups when the caller has them (`plan_groups`), to trace once.
+    """
     at_risk = [h for h in hazards if h.layers]
     if not at_risk:
         return []
     found = []
-    for root, layers in _groups(model, example, plan):
+    for root, layers in groups if groups is not None else plan_groups(model, example, plan):
         why = next((h for h in at_risk if set(h.layers) & set(layers)), None)
         if why is not None:
             found.append(ProtectedGroup(root, layers, _first_sentence(why.text)))
     return found
 
 
-def _protect(plan: PruningPlan, protected: list) -> Generator[object, None, PruningPlan]:
+def without_hazards(model: nn.Module, plan: PruningPlan, input_size) -> tuple[PruningPlan, list]:
+    """``plan`` with the groups that feed a hazard protected, and those groups: what a search starts from.
+
+    A strict plan refuses here, before any trial, naming the groups.
+    """
+    found = hazard_groups(model, torch.zeros(1, *input_size), plan, model_hazards(model, tuple(input_size)))
+    return run_to_end(protect(plan, found)), found
+
+
+def protect(plan: PruningPlan, protected: list) -> Generator[object, None, PruningPlan]:
     """The plan with ``protected`` left unpruned, each said in the log; a strict plan refuses instead."""
     if not protected:
         return plan
@@ -104,18 +143,18 @@ def _protect(plan: PruningPlan, protected: list) -> Generator[object, None, Prun
                           "without --strict to prune the rest and leave them whole.")
     for p in protected:
         yield Log(f"Left unpruned: the group of {p.root} ({len(p.layers)} layer(s)). {p.why}", "warning")
-    return _with_protected(plan, [layer for p in protected for layer in p.layers])
+    return with_protected(plan, [layer for p in protected for layer in p.layers])
 
 
 def _bisect(model, plan, example, check, calibration, token, why: str) -> list:
     """The groups whose pruning breaks the model, found by halving the prunable groups."""
-    groups = _groups(model, example, plan)
+    groups = plan_groups(model, example, plan)
 
     def fails(subset: list) -> bool:
         """Whether pruning only ``subset`` (every other group protected) breaks the model."""
         others = [layer for g in groups if g not in subset for layer in g[1]]
         try:
-            pruned = run_to_end(prune(model, _with_protected(plan, others), example, calibration=calibration,
+            pruned = run_to_end(prune(model, with_protected(plan, others), example, calibration=calibration,
                                       token=token))
             check(pruned.model)
             return False

@@ -18,9 +18,10 @@ import torch_pruning as tp
 from torch import nn
 
 from studio.engine.errors import StudioError
+from studio.engine.graph.attention import attention_heads, update_head_sizes
 from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progress
 from studio.engine.pruning.criteria import Criterion, get_criterion
-from studio.engine.pruning.macs import MacCounter, batch_size_of, count_macs_after, run_forward
+from studio.engine.pruning.macs import MacCounter, batch_size_of, count_macs_after, count_macs_forward, run_forward
 from studio.engine.pruning.plan import WEIGHTED_LAYERS, PruningPlan, close_names, find_classifier, out_channels
 from studio.engine.pruning.sparsity import sparsify_weights
 
@@ -113,6 +114,8 @@ def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance
                 global_pruning=plan.global_ranking, pruning_ratio=plan.rate,
                 pruning_ratio_dict={modules[n]: r for n, r in plan.layer_rates.items()},
                 ignored_layers=ignored, round_to=plan.round_to, iterative_steps=plan.iterative_steps,
+                # Attention projections are cut in whole heads (head dims), so the reshapes stay valid.
+                num_heads=attention_heads(work),
                 # Our own forward: torch-pruning first tries model(*tensor), which runs a batch-1
                 # input unbatched until some layer rejects it.
                 forward_fn=lambda model, inputs: run_forward(model, inputs))
@@ -165,6 +168,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
         token.check("pruning")
         prepare_scores(importance, criterion, work, batches, loss_fn)
         pruner.step()
+        update_head_sizes(work, pruner.num_heads)
         work.zero_grad(set_to_none=True)
         yield Progress("prune", step + 1, steps, f"Step {step + 1}/{steps}: {_param_count(work):,} parameters left")
 
@@ -229,6 +233,12 @@ def estimate(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple[int, 
     approximated by L1 then, since no data is at hand. Unstructured sparsity does not change
     dense counts.
     """
+    _, params, macs = estimate_model(model, plan, example_inputs)
+    return params, macs
+
+
+def estimate_model(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple[nn.Module, int, int]:
+    """`estimate`, also returning the pruned copy (to check that it still runs)."""
     plan.validate(model)
     crit = get_criterion(plan.criterion)
     importance = tp.importance.MagnitudeImportance(p=1) if crit.needs_data else crit.make()
@@ -238,14 +248,15 @@ def estimate(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple[int, 
         pruner = _build_pruner(work, plan, example_inputs, importance)
     for _ in range(plan.iterative_steps):
         pruner.step()
-    return _param_count(work), count_macs_after(counter, work, example_inputs)
+    update_head_sizes(work, pruner.num_heads)
+    return work, _param_count(work), count_macs_after(counter, work, example_inputs)
 
 
-def reachable_macs(model: nn.Module, example_inputs, max_rate: float = 0.9) -> tuple[int, int]:
+def reachable_macs(model: nn.Module, example_inputs, max_rate: float = 0.9, protected=()) -> tuple[int, int]:
     """The MACs range a plan can reach, as FastNAS's profile shows it: (smallest, largest).
 
-    The smallest is every prunable group at ``max_rate`` (the head and what it forces stay
-    whole); the largest is the model unpruned.
+    The smallest is every prunable group at ``max_rate`` (the head, what it forces and the
+    ``protected`` layers stay whole); the largest is the model unpruned.
     """
-    return estimate(model, PruningPlan(rate=max_rate), example_inputs)[1], \
-        estimate(model, PruningPlan(rate=0.0), example_inputs)[1]
+    largest = count_macs_forward(copy.deepcopy(model).eval(), example_inputs)
+    return estimate(model, PruningPlan(rate=max_rate, protected=list(protected)), example_inputs)[1], largest
