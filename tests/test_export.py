@@ -262,3 +262,24 @@ def test_history_is_made_plain(tiny):
     assert plain == [["a.b", True, [3, 4]], ["c", False, [5]]]
     with pytest.raises(StudioError, match="pruning history"):
         checkpoint_mod._plain_history([("only-a-name",)])
+
+
+def test_an_export_that_needs_more_memory_than_is_free_says_so_before_writing(tmp_path, monkeypatch):
+    import studio.engine.export.formats as formats
+    monkeypatch.setattr(formats, "_free_memory", lambda: 1000)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(StudioError, match=r"needs about .* GB of free memory.*is free"):
+        run_to_end(formats.export_model(model, tmp_path / "out", formats=["pt"], example_input=torch.zeros(1, 3, 8, 8),
+                                        arch=None, num_classes=2, pruning_history=[]))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_onnx_is_skipped_with_a_reason_past_the_single_file_limit(tmp_path, monkeypatch):
+    import studio.engine.export.formats as formats
+    monkeypatch.setattr(formats, "ONNX_SINGLE_FILE_LIMIT", 10)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2))
+    records = run_to_end(formats.export_model(model, tmp_path, formats=["pt", "onnx"],
+                                              example_input=torch.zeros(1, 3, 8, 8), arch=None, num_classes=2,
+                                              pruning_history=[]))
+    assert records[0].path and not records[1].path and "2 GB a single ONNX file" in records[1].note

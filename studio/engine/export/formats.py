@@ -170,6 +170,51 @@ def _dense_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
+# A single ONNX file is one protobuf message, which cannot exceed 2 GiB.
+ONNX_SINGLE_FILE_LIMIT = 2**31 - 1
+
+
+def _free_memory() -> Optional[int]:
+    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _export_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy in eval mode to export, so the caller's model keeps its device, mode and weights.
+
+    The copy needs as much memory again as the weights; that, and a serialisation buffer the
+    size of the largest tensor, is checked first so a very large model fails with the figures
+    instead of part-way through a file.
+    """
+    weights = _dense_bytes(model)
+    largest = max((t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]), default=0)
+    free = _free_memory()
+    if free is not None and free < weights + largest:
+        raise StudioError(f"Exporting needs about {(weights + largest) / 1e9:.1f} GB of free memory (a copy of the "
+                          f"{weights / 1e9:.1f} GB of weights), and {free / 1e9:.1f} GB is free.",
+                          "Close other programs, or run the export on a machine with more memory "
+                          "(studio run RECIPE there repeats the job).")
+    return copy.deepcopy(model).cpu().eval()
+
+
+def _skip_reason(fmt: str, arch: Optional[str], model: nn.Module) -> str:
+    """Why ``fmt`` cannot be written for this model ("" when it can)."""
+    if fmt == "checkpoint" and not arch:
+        return ("Skipped: this model has no known architecture name, so a weights-only checkpoint could not "
+                "be rebuilt; use the 'pt' file.")
+    if fmt == "onnx" and _dense_bytes(model) >= ONNX_SINGLE_FILE_LIMIT:
+        return (f"Skipped: {_dense_bytes(model) / 1e9:.1f} GB of weights exceed the 2 GB a single ONNX file can "
+                "hold; use the 'pt' or 'checkpoint' file.")
+    return ""
+
+
 def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS, example_input: torch.Tensor,
                  arch: Optional[str], num_classes: int, input_size=None, pruning_history: list,
                  trained: bool = True, base_name: str = "model", token: CancelToken = NEVER_CANCELLED,
@@ -191,8 +236,7 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     if input_size is None:
         input_size = list(example_input.shape[1:])
 
-    # Work on a CPU copy in eval mode: the caller's model keeps its device, mode and weights.
-    work = copy.deepcopy(model).cpu().eval()
+    work = _export_copy(model)
     generator = torch.Generator().manual_seed(0)
     check = torch.randn(3, *example_input.shape[1:], generator=generator).to(example_input.dtype)
     with torch.no_grad():
@@ -208,12 +252,11 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     for i, fmt in enumerate(formats):
         token.check("export")
         path = out_dir / f"{base_name}{_SUFFIX[fmt]}"
-        if fmt == "checkpoint" and not arch:
-            note = ("Skipped: this model has no known architecture name, so a weights-only checkpoint could not "
-                    "be rebuilt; use the 'pt' file.")
+        note = _skip_reason(fmt, arch, work)
+        if note:
             records.append(ExportRecord(fmt, "", 0, math.nan, note))
-            yield Log(f"checkpoint: {note}", "warning")
-            yield Progress("export", i + 1, len(formats), "checkpoint skipped")
+            yield Log(f"{fmt}: {note}", "warning")
+            yield Progress("export", i + 1, len(formats), f"{fmt} skipped")
             continue
         ensure_free_space(out_dir, needed)
         try:
