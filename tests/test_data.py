@@ -410,9 +410,12 @@ def test_demo_loads_from_its_path(tmp_path, monkeypatch):
     assert bundle.kind == "demo" and bundle.num_classes == 3
 
 
-def test_demo_path_is_under_resources():
-    assert sources.demo_path().parts[-3:] == ("resources", "demo", "cifar10_subset.npz")
-    assert (sources.demo_path().parents[2] / "studio" / "__init__.py").is_file()
+def test_demo_path_is_the_installed_resource():
+    """The subset is read from the installed package studio.resources (the checkout's resources/)."""
+    from studio.engine import demo_files
+    path = sources.demo_path()
+    assert path == demo_files.demo_file(demo_files.SUBSET) and path.is_file()
+    assert path.parts[-2:] == ("demo", "cifar10_subset.npz")
 
 
 # ---------------------------------------------------------------------------- errors

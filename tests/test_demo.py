@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from studio.engine.data import load_data
+from studio.engine.demo_files import CARD, demo_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "resources" / "demo"
@@ -67,7 +68,7 @@ def test_demo_model_scores_what_its_card_records():
     from studio.engine.models import load_model
     from studio.engine.training import evaluate
 
-    card = json.loads((DEMO / "model_card.json").read_text())
+    card = json.loads(demo_file(CARD).read_text())
     loaded = load_model("demo")
     assert loaded.trained and loaded.arch == "cifar:resnet20"
     result = run_to_end(evaluate(loaded.module, load_data("demo").val, device="cpu"))

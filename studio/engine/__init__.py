@@ -13,7 +13,7 @@ checks this in the test suite; see docs/ARCHITECTURE.md):
     methods/    compression methods behind one interface (sensitivity, search, ...)
     models/ pruning/ training/ metrics/ export/     the building blocks
     data/ graph/                                    inputs and structure
-    errors.py events.py files.py                    ground, used by all
+    errors.py events.py files.py demo_files.py      ground, used by all
 
 The names below are the stable entry points the GUI, the CLI and the benches use. They
 are imported on first use, so ``import studio.engine`` stays cheap.

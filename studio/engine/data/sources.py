@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from studio.engine.data.datasets import Augment, ImageFileDataset, TensorImageDataset
+from studio.engine.demo_files import SUBSET as DEMO_SUBSET
+from studio.engine.demo_files import demo_file, missing_demo_file
 from studio.engine.errors import StudioError
 
 # (mean, std) per channel, on pixels scaled to 0..1.
@@ -403,16 +405,14 @@ def _load_synthetic(opts: _Options) -> DataBundle:
 # ---------------------------------------------------------------------------- npz / demo
 
 def demo_path() -> Path:
-    """Where the bundled demo subset lives: <repo>/resources/demo/cifar10_subset.npz."""
-    import studio
-    return Path(studio.__file__).resolve().parent.parent / "resources" / "demo" / "cifar10_subset.npz"
+    """Where the shipped demo subset lies, installed with the studio (see `studio.engine.demo_files`)."""
+    return demo_file(DEMO_SUBSET)
 
 
 def _load_demo(opts: _Options) -> DataBundle:
     path = demo_path()
     if not path.is_file():
-        raise StudioError(f"The demo data is missing: {path} does not exist.",
-                          "Rebuild it with `make demo` in the project folder, or pass your own data.")
+        raise missing_demo_file(path, "demo data", "`make demo` rebuilds it; or pass your own data")
     return _load_npz(path, opts, kind="demo", name="CIFAR-10 demo subset")
 
 

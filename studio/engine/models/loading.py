@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
+from studio.engine.demo_files import MODEL as DEMO_MODEL
+from studio.engine.demo_files import demo_file, missing_demo_file
 from studio.engine.errors import StudioError
 from studio.engine.models.architectures import (
     CIFAR_INPUT,
@@ -493,9 +495,8 @@ def _load_python(spec: str, file: Path, cls_name: str, weights: Optional[str], n
 
 
 def demo_model_path() -> Path:
-    """The bundled demo model, next to the studio package in the source tree."""
-    import studio
-    return Path(studio.__file__).resolve().parent.parent / "resources" / "demo" / "model.pt"
+    """The shipped demo model, installed with the studio (see `studio.engine.demo_files`)."""
+    return demo_file(DEMO_MODEL)
 
 
 def _probe_num_classes(module: nn.Module, spec: str, input_size: tuple[int, int, int]) -> int:
@@ -549,9 +550,8 @@ def load_model(spec: str, *, arch: Optional[str] = None, num_classes: Optional[i
         loaded = LoadedModel(module, spec, "timm", f"timm:{name}", timm_input(name), classes, trained, note, True)
     elif spec == "demo":
         path = demo_model_path()
-        if not path.exists():
-            raise StudioError(f"The demo model is missing: {path} does not exist.",
-                              "Rebuild the demo files with `make demo` in the project folder.")
+        if not path.is_file():
+            raise missing_demo_file(path, "demo model", "`make demo` rebuilds it")
         loaded = _load_file(spec, path, arch, num_classes, trust)
         loaded.kind = "demo"
     elif py:
