@@ -530,7 +530,7 @@ def summary(results: dict, specs: Optional[set] = None, per_model: bool = False)
     for set_name in SETS:
         entries = [e for e in models.values() if e["set"] == set_name]
         if entries:
-            lines.append(f"- **{set_name}** ({len(entries)} models): {set_line(entries)}")
+            lines.append(f"- **{set_name}** ({len(entries)} model{'' if len(entries) == 1 else 's'}): {set_line(entries)}")
     lines += ["", *failure_table(list(models.values()))]
     if per_model:
         lines += ["", *per_model_table(list(models.values()))]
