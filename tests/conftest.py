@@ -27,6 +27,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 SHARED_CIFAR_TARBALL = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
+# Qt's offscreen platform (`make test`) has one 800×800 screen unless told otherwise. The
+# window keeps itself within its screen, so give it the screens the tests size it for: a
+# 1920×1080 desktop and, to its right, a 1366×768 laptop (tests/test_app_layout.py).
+OFFSCREEN_SCREENS = REPO_ROOT / "tests" / "offscreen-screens.json"
+if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+    os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={OFFSCREEN_SCREENS}"
+
 
 def write_imagefolder(root: Path, *, classes: Sequence[str] = ("cat", "dog", "frog"), per_class: int = 4,
                       size: tuple[int, int] = (32, 32), splits: Sequence[str] = ("train", "val"),

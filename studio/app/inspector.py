@@ -112,17 +112,18 @@ def dim_label(label: QLabel) -> QLabel:
 
 
 class ElidedLabel(QLabel):
-    """A one-line label that elides long text in the middle instead of widening the panel."""
+    """A one-line label that elides long text (in the middle by default) instead of widening the panel."""
 
-    def __init__(self, text: str = "", parent: Optional[QWidget] = None):
+    def __init__(self, text: str = "", parent: Optional[QWidget] = None, elide: Qt.TextElideMode = Qt.ElideMiddle):
         super().__init__(text, parent)
+        self._elide = elide
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.setMinimumWidth(24)
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
         rect = self.contentsRect()
-        text = self.fontMetrics().elidedText(self.text(), Qt.ElideMiddle, rect.width())
+        text = self.fontMetrics().elidedText(self.text(), self._elide, rect.width())
         self.style().drawItemText(painter, rect, int(self.alignment() | Qt.AlignVCenter), self.palette(),
                                   self.isEnabled(), text, self.foregroundRole())
 

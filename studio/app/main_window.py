@@ -12,24 +12,28 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from PySide6.QtCore import QSettings, QStandardPaths, Qt, QTimer
+from PySide6.QtCore import QEvent, QRect, QSettings, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QCheckBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenuBar,
     QMessageBox,
     QPlainTextEdit,
-    QPushButton,
+    QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -42,10 +46,12 @@ from studio.app.job_panel import JobPanel, format_duration
 from studio.app.pdf_report import write_pdf_report_in_subprocess
 from studio.app.plots import LivePlots
 from studio.app.runs_panel import RunsPanel
+from studio.app.screen_fit import PREFERRED_SIZE, centred_rect, fit_rect, side_widths
 from studio.app.session import Autosaver, RecentFiles, Session, autosave_path, load_session, save_session
 from studio.app.strategy import StrategyPanel
 from studio.app.target_controller import TargetController
 from studio.app.tasks import TaskRunner
+from studio.app.warning_strip import WarningStrip
 from studio.engine.data import check_compatible, load_data
 from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase
@@ -62,6 +68,12 @@ from studio.engine.training import evaluate
 
 APP_NAME = "Compression Studio"
 PREDICTION_DELAY_MS = 250   # wait for the user to stop dragging before re-estimating
+SIDE_PANEL_WIDTHS = (340, 360)   # strategy, inspector on a wide window (narrowed on a small one)
+MIN_INSPECTOR_WIDTH = 240        # below this the inspector's facts and slider stop being readable
+BOTTOM_DOCKS = ("plots", "runs", "trials", "log")
+BOTTOM_SHARE = 0.3               # an opened bottom panel takes this share of the window's height…
+BOTTOM_MAX_HEIGHT = 300          # …up to this many pixels
+LAYOUT_VERSION = 2               # window states saved by an older layout are not restored
 
 
 def default_runs_dir() -> Path:
@@ -142,6 +154,8 @@ class MainWindow(QMainWindow):
         self._result_layers: Optional[dict] = None     # layer -> (channels before, after) of the last run
         self._data_warning = ""                         # why the open data does not fit the model
         self._scores: dict = {}                         # (layer, criterion) -> importance scores
+        self._side_widths_auto = True                   # False once the user sized the side panels
+        self._watching_screen = False                   # refit when the window moves to another screen
         self._build_widgets()
         self._build_actions()
         self._connect()
@@ -154,44 +168,80 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+        self.graph = GraphView()
+        self.inspector = InspectorPanel()
+        self.target = TargetController(self.document, self.graph, self.inspector, self._start_job, self)
+        self._build_top()
+        self._build_centre()
+        self._build_docks()
+        self._build_panel_strip()
+        self._place_on_screen()
 
+    def _build_top(self) -> None:
+        """Menus and tools on one row, then the model's header and its warnings, across the whole width.
+
+        Spanning the window (above the side panels) gives the header room for its facts on
+        two lines and keeps a row of tools out of the graph's height.
+        """
+        self.menu_bar = QMenuBar()
+        self.find_box = QLineEdit()
+        self.find_box.setPlaceholderText("Find layer (name or type)…")
+        self.find_box.setClearButtonEnabled(True)
+        self.find_box.setFixedWidth(240)
+        self.fit_button = QToolButton()
+        self.fit_button.setText("Fit")
+        self.fit_button.setToolTip("Fit the whole graph in view (F)")
+        self.toolbar = QToolBar("Main")
+        self.toolbar.setObjectName("toolbar-main")
+        self.toolbar.setMovable(False)
+        self.toolbar.addWidget(self.find_box)
+        self.toolbar.addWidget(self.fit_button)
+        self.toolbar.addSeparator()
         self.header = QLabel()
         self.header.setObjectName("header")
         self.header.setTextFormat(Qt.TextFormat.RichText)
         self.header.setWordWrap(True)
         self.header.setStyleSheet("#header { background: #f1f5f9; border-bottom: 1px solid #cbd5e1;"
-                                  " padding: 6px 10px; font-size: 13px; }")
-        self.graph = GraphView()
-        self.find_box = QLineEdit()
-        self.find_box.setPlaceholderText("Find layer (name or type)…")
-        self.find_box.setClearButtonEnabled(True)
-        self.find_box.setMaximumWidth(280)
-        self.fit_button = QPushButton("Fit")
-        self.fit_button.setToolTip("Fit the whole graph in view (F)")
+                                  " padding: 5px 10px; font-size: 13px; }")
+        self.warnings = WarningStrip()
+        top = QWidget()
+        column = QVBoxLayout(top)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.menu_bar)
+        column.addWidget(self.header)
+        column.addWidget(self.warnings)
+        if sys.platform == "darwin" and self.menu_bar.isNativeMenuBar():
+            self.addToolBar(self.toolbar)          # a native menu bar has no corner for tools
+        else:
+            self.menu_bar.setCornerWidget(self.toolbar, Qt.Corner.TopRightCorner)
+        # Never call self.menuBar() after this: it would replace this widget with an empty menu bar.
+        self.setMenuWidget(top)
+
+    def _build_centre(self) -> None:
+        """The graph, under a row for the toggles that only mean something after a run or an analysis."""
         self.result_check = QCheckBox("Show channels after the last run")
         self.result_check.setEnabled(False)
-        self.graph_note = QLabel()
-        self.graph_note.setStyleSheet("color: #b45309;")
-        tools = QHBoxLayout()
-        tools.setContentsMargins(6, 4, 6, 4)
-        tools.addWidget(self.find_box)
-        tools.addWidget(self.fit_button)
+        self.result_check.hide()                 # shown once a run has finished
+        self.graph_tools = QWidget()
+        tools = QHBoxLayout(self.graph_tools)
+        tools.setContentsMargins(6, 3, 6, 3)
         tools.addWidget(self.result_check)
-        self.inspector = InspectorPanel()
-        self.target = TargetController(self.document, self.graph, self.inspector, self._start_job, self)
         tools.addWidget(self.target.overlay)
         tools.addWidget(self.target.legend)
         tools.addStretch(1)
-        tools.addWidget(self.graph_note)
+        for widget in (self.result_check, self.target.overlay, self.target.legend):
+            widget.installEventFilter(self)      # the row shows only while one of them does
         centre = QWidget()
         column = QVBoxLayout(centre)
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(0)
-        column.addWidget(self.header)
-        column.addLayout(tools)
+        column.addWidget(self.graph_tools)
         column.addWidget(self.graph, 1)
+        self._update_graph_tools()
         self.setCentralWidget(centre)
 
+    def _build_docks(self) -> None:
         self.strategy = StrategyPanel()
         self.plots = LivePlots()
         self.runs_panel = RunsPanel()
@@ -199,8 +249,6 @@ class MainWindow(QMainWindow):
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(5000)
         self.job_panel = JobPanel()
-        self.statusBar().addPermanentWidget(self.job_panel, 1)
-
         self.docks = {}
         for key, title, widget, area in (
                 ("strategy", "Strategy", self.strategy, Qt.DockWidgetArea.LeftDockWidgetArea),
@@ -214,14 +262,52 @@ class MainWindow(QMainWindow):
             dock.setWidget(widget)
             self.addDockWidget(area, dock)
             self.docks[key] = dock
+        self.docks["inspector"].setMinimumWidth(MIN_INSPECTOR_WIDTH)
+        # The side panels run the full height; the bottom panels sit under the graph only.
+        for corner, area in ((Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea),
+                             (Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)):
+            self.setCorner(corner, area)
         self.tabifyDockWidget(self.docks["plots"], self.docks["runs"])
         self.tabifyDockWidget(self.docks["runs"], self.docks["trials"])
         self.tabifyDockWidget(self.docks["trials"], self.docks["log"])
-        self.docks["plots"].raise_()
-        self.resize(1600, 1000)
-        # The graph is the centre of the window: side panels at their natural width, plots short.
-        self.resizeDocks([self.docks["strategy"], self.docks["inspector"]], [350, 360], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["plots"]], [270], Qt.Orientation.Vertical)
+        self.collapse_bottom()
+
+    def _build_panel_strip(self) -> None:
+        """The status bar's buttons for the bottom panels: the collapsed panel area, a click away.
+
+        Before a run the plots are empty and the runs table too, so the panels start
+        collapsed and give their height to the graph; a run opens them (`open_bottom`).
+        """
+        strip = QWidget()
+        row = QHBoxLayout(strip)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        self.panel_buttons = {}
+        for key in BOTTOM_DOCKS:
+            button = QToolButton()
+            button.setText(self.docks[key].windowTitle())
+            button.setCheckable(True)
+            button.setAutoRaise(True)
+            button.setToolTip(f"Show or hide the {self.docks[key].windowTitle()} panel under the graph")
+            button.clicked.connect(lambda checked, k=key: self._toggle_bottom(k))
+            row.addWidget(button)
+            self.panel_buttons[key] = button
+            self.docks[key].visibilityChanged.connect(self._update_panel_buttons)
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.VLine)
+        line.setFrameShadow(QFrame.Shadow.Sunken)
+        row.addSpacing(4)
+        row.addWidget(line)
+        # Permanent, so that status messages do not hide it.
+        self.statusBar().addPermanentWidget(strip)
+        self.statusBar().addPermanentWidget(self.job_panel, 1)
+        self._update_panel_buttons()
+
+    def _place_on_screen(self) -> None:
+        """Open at the preferred size, or as large as the screen allows, in the middle of it."""
+        available = self.screen().availableGeometry()
+        self.setGeometry(centred_rect(PREFERRED_SIZE, available))
+        self._fit_side_docks()
 
     def _action(self, text: str, slot: Callable, shortcut=None, tip: str = "") -> QAction:
         action = QAction(text, self)
@@ -261,7 +347,7 @@ class MainWindow(QMainWindow):
                                     "Prune each coupled group alone at 10 … 90 % and colour the graph by the "
                                     "top-1 it loses"),
         }
-        bar = self.menuBar()
+        bar = self.menu_bar
         file_menu = bar.addMenu("&File")
         for key in ("open_model", "open_data", "open_demo"):
             file_menu.addAction(a[key])
@@ -284,10 +370,9 @@ class MainWindow(QMainWindow):
         run_menu = bar.addMenu("&Run")
         for key in ("run", "pause", "cancel", "evaluate", "analyse"):
             run_menu.addAction(a[key])
-        toolbar = self.addToolBar("Main")
-        toolbar.setObjectName("toolbar-main")
         for key in ("open_model", "open_data", "run", "export"):
-            toolbar.addAction(a[key])
+            self.toolbar.addAction(a[key])
+        self.strategy.set_run_action(a["run"])
         self._refresh_recent_menus()
 
     def _connect(self) -> None:
@@ -373,8 +458,8 @@ class MainWindow(QMainWindow):
         line = " · ".join(parts)
         if d.data is not None:
             data_line = f"Data: {d.data.summary()}"
-            if self._data_warning:
-                data_line += f" <span style='color:#dc2626'>⚠ {self._data_warning}</span>"
+            if self._data_warning:   # the reason, however long, is in the warning strip below
+                data_line += " <span style='color:#dc2626'>⚠ does not fit the model</span>"
         else:
             data_line = "No data open: File ▸ Open Data… (needed for fine-tuning, accuracy and data-driven criteria)."
         self.header.setText(f"{line}<br><span style='color:#334155'>{data_line}</span>")
@@ -475,6 +560,7 @@ class MainWindow(QMainWindow):
                 self._data_warning = exc.problem
                 self._log(f"Data does not match the model: {exc}", "warning")
                 QMessageBox.warning(self, "Data does not match the model", str(exc))
+        self._refresh_warnings()
         self._refresh_header()
 
     def evaluate_accuracy(self) -> None:
@@ -509,21 +595,25 @@ class MainWindow(QMainWindow):
             return
         if self.document.add_run(summary):
             self.runs_panel.add_run(summary)
-        self.docks["runs"].raise_()
+        self.open_bottom("runs")
 
     # ================================================================== graph, inspector, plan
     def _on_model_changed(self) -> None:
         opened = self.document.model
         self._scores = {}
-        self.graph.set_graph(opened.layer_graph, opened.layout)   # opens at a readable zoom
         self._result_layers = None
         self.result_check.setChecked(False)
         self.result_check.setEnabled(False)
-        self.graph_note.setText("  ".join(opened.layer_graph.warnings)[:300])
-        self.graph_note.setToolTip("\n\n".join(opened.layer_graph.warnings))
-        self.inspector.show_selection(opened.layer_graph, [], {}, set())
+        self.result_check.hide()
         self.target.clear()
+        self._refresh_warnings()
         self._refresh_header()
+        # The header and warnings change the graph's height: lay them out before the graph
+        # chooses its zoom, so that it opens at the top of the graph.
+        self.layout().activate()
+        self.centralWidget().layout().activate()
+        self.graph.set_graph(opened.layer_graph, opened.layout)   # opens at a readable zoom
+        self.inspector.show_selection(opened.layer_graph, [], {}, set())
         self._refresh_enabled()
 
     def _on_data_changed(self) -> None:
@@ -560,6 +650,14 @@ class MainWindow(QMainWindow):
         self.inspector.show_selection(d.model.layer_graph, list(names), self._shown_rates(), d.protected())
         if names:
             self.docks["inspector"].raise_()
+
+    def _refresh_warnings(self) -> None:
+        """The warning strip: the model's tracing hazards and why the data does not fit, each in full a click away."""
+        d = self.document
+        warnings = list(d.model.layer_graph.warnings) if d.model is not None else []
+        if self._data_warning:
+            warnings.append(f"The open data does not fit the model: {self._data_warning}")
+        self.warnings.set_warnings(warnings)
 
     def _ask_rate(self, names: list) -> None:
         rates = self.document.effective_rates()
@@ -715,10 +813,9 @@ class MainWindow(QMainWindow):
         self.plots.start_run(dict(d.model.facts))
         self.job_panel.set_running(True, {"sparse-train": recipe.sparse_training.epochs,
                                           "fine-tune": recipe.finetune.epochs, "retrain": recipe.finetune.epochs})
-        self.docks["plots"].raise_()
+        self.open_bottom("trials" if search else "plots")   # collapsed until now: the plots fill from here
         if search:
             self.target.search_started(recipe)
-            self.docks["trials"].raise_()
         self._searching = search
         self._refresh_enabled()
         self._log(f"Run started → {out}")
@@ -756,6 +853,7 @@ class MainWindow(QMainWindow):
         self._result_layers = {layer["name"]: (layer["channels_before"], layer["channels_after"])
                                for layer in summary.layers}
         self.result_check.setEnabled(True)
+        self.result_check.show()
         self.result_check.setChecked(True)
         self._show_result_channels(True)
         took = format_duration(time.monotonic() - started)
@@ -1022,14 +1120,126 @@ class MainWindow(QMainWindow):
         dialogs.show_error(self, exc, details)
         self._refresh_header()
 
-    # ================================================================== window state
+    # ================================================================== window state and size
     def _restore_window_state(self) -> None:
         geometry = self.settings.value("window/geometry")
         state = self.settings.value("window/state")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        if state is not None:
-            self.restoreState(state)
+        if state is not None and self.restoreState(state, LAYOUT_VERSION):
+            self._side_widths_auto = False   # the user's panel widths: only narrowed, never reset
+        self.collapse_bottom()   # the panels under the graph open with a run, whatever was saved
+
+    def fit_to_screen(self, available: Optional[QRect] = None) -> None:
+        """Keep the window, and the minimum size its panels ask for, within ``available``.
+
+        ``available`` defaults to the available geometry of the screen the window is on.
+        Without an explicit minimum, Qt sets the window's minimum to what its layout needs and
+        grows the window to it: one long unbreakable line would push it past the screen.
+        """
+        available = available or self.screen().availableGeometry()
+        frame = self.frameGeometry()
+        extra_w, extra_h = frame.width() - self.width(), frame.height() - self.height()
+        needed = self.layout().totalMinimumSize()
+        self.setMinimumSize(min(needed.width(), available.width() - extra_w),
+                            min(needed.height(), available.height() - extra_h))
+        fitted = fit_rect(frame, available)
+        if fitted != frame:
+            self.resize(fitted.width() - extra_w, fitted.height() - extra_h)
+            self.move(fitted.topLeft())
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        handle = self.windowHandle()
+        if handle is not None and not self._watching_screen:
+            self._watching_screen = True
+            handle.screenChanged.connect(lambda *_: self.fit_to_screen())
+            # The window manager adds the title bar after the first show: fit again with it.
+            QTimer.singleShot(300, self.fit_to_screen)
+        self.fit_to_screen()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():
+            # After this resize has been laid out, not in the middle of it.
+            QTimer.singleShot(0, self._fit_side_docks)
+
+    def _fit_side_docks(self) -> None:
+        """Size the side panels for the window's width, so that the graph keeps the room (`side_widths`).
+
+        Until the user drags a panel's edge (or a saved layout is restored) the panels follow
+        the window, up to their preferred widths; after that they are only ever narrowed.
+        """
+        docks = [self.docks["strategy"], self.docks["inspector"]]
+        if self.isVisible() and not all(d.isVisible() and not d.isFloating() for d in docks):
+            return
+        current = (docks[0].width(), docks[1].width()) if self.isVisible() else SIDE_PANEL_WIDTHS
+        minimum = (docks[0].minimumSizeHint().width(), max(MIN_INSPECTOR_WIDTH, docks[1].minimumSizeHint().width()))
+        wanted = side_widths(self.width(), SIDE_PANEL_WIDTHS if self._side_widths_auto else current, minimum)
+        if wanted != current:
+            self.resizeDocks(docks, list(wanted), Qt.Orientation.Horizontal)
+
+    def event(self, event) -> bool:  # noqa: N802 - Qt override
+        # A press that reaches the main window itself, not one of its children, is on the
+        # separator between a dock and the graph: from now on the user sizes the panels.
+        if event.type() == QEvent.Type.MouseButtonPress and self.childAt(event.position().toPoint()) is None:
+            self._side_widths_auto = False
+        return super().event(event)
+
+    # ================================================================== the panels under the graph
+    def collapse_bottom(self) -> None:
+        """Hide the plots, runs, trials and log panels; the status bar's buttons reopen them."""
+        for key in BOTTOM_DOCKS:
+            self.docks[key].hide()
+
+    def open_bottom(self, key: str) -> None:
+        """Show the panels under the graph as tabs, ``key``'s in front, at a modest height."""
+        was_open = any(self.docks[k].isVisible() for k in BOTTOM_DOCKS)
+        for k in BOTTOM_DOCKS:
+            self.docks[k].show()
+        self.docks[key].raise_()
+        if not was_open and self.isVisible():
+            # Lay the shown docks out, size them and paint the window now, in one go: sized
+            # before the layout pass, Qt would give them their size hint; and the first paint
+            # of the charts (~50 ms) is better spent here, before a run starts, than in the
+            # middle of its progress updates.
+            self.layout().activate()
+            height = min(BOTTOM_MAX_HEIGHT, round(BOTTOM_SHARE * self.height()))
+            self.resizeDocks([self.docks[key]], [height], Qt.Orientation.Vertical)
+            self.layout().activate()
+            self.repaint()
+
+    def _toggle_bottom(self, key: str) -> None:
+        """A status-bar button: bring its panel to the front, or collapse the area if it is in front already."""
+        if self._bottom_in_front() == key:
+            self.collapse_bottom()
+        else:
+            self.open_bottom(key)
+        self._update_panel_buttons()
+
+    def _bottom_in_front(self) -> Optional[str]:
+        """The bottom panel the user sees now, or None when the area is collapsed."""
+        for key in BOTTOM_DOCKS:
+            dock = self.docks[key]
+            if dock.isVisible() and not dock.visibleRegion().isEmpty():
+                return key
+        return None
+
+    def _update_panel_buttons(self, *_) -> None:
+        front = self._bottom_in_front()
+        for key, button in self.panel_buttons.items():
+            button.setChecked(key == front)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt override
+        if event.type() in (QEvent.Type.ShowToParent, QEvent.Type.HideToParent) and watched in (
+                self.result_check, self.target.overlay, self.target.legend):
+            self._update_graph_tools()
+        return super().eventFilter(watched, event)
+
+    def _update_graph_tools(self) -> None:
+        """The row above the graph shows only while one of its toggles does (after a run or an analysis)."""
+        self.graph_tools.setVisible(any(w.isVisibleTo(self.graph_tools) for w in
+                                        (self.result_check, self.target.overlay, self.target.legend)))
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         if self.job_running:
@@ -1039,7 +1249,7 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
         self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/state", self.saveState())
+        self.settings.setValue("window/state", self.saveState(LAYOUT_VERSION))
         self.runner.shutdown()
         self.autosaver.discard()   # a clean exit leaves nothing to restore
         super().closeEvent(event)

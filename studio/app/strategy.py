@@ -19,9 +19,12 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QLabel,
     QLineEdit,
+    QSizePolicy,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -234,7 +237,7 @@ class StrategyPanel(QWidget):
         self._strict.setToolTip("When pruning a group would break the model, the studio finds that group, leaves "
                                 "it unpruned, names it in the log and report, and prunes the rest. Strict stops "
                                 "the job instead, naming the groups, so that you protect them yourself.")
-        form.addRow("", self._strict)
+        form.addRow(self._strict)       # across both columns: the panel stays narrow
 
         # -- Target (target mode only)
         self._target_box_form = self._form("Target", lay)
@@ -293,10 +296,21 @@ class StrategyPanel(QWidget):
         self._amp = QCheckBox("Mixed precision (AMP)")
         self._amp.setToolTip("Train in float16 where safe: faster and lighter on NVIDIA GPUs. Only used on "
                              "CUDA; ignored on the CPU and on Apple GPUs.")
-        form.addRow("", self._amp)
+        form.addRow(self._amp)
 
-        # -- Prediction
-        form = self._form("Prediction", lay)
+        lay.addStretch(1)
+
+        # -- Prediction and Run: pinned under the scrolling form, so that on a short screen
+        # they stay in sight while the form scrolls.
+        footer = QFrame()
+        footer.setObjectName("strategy-footer")
+        footer.setFrameShape(QFrame.Shape.NoFrame)
+        footer.setStyleSheet("#strategy-footer { border-top: 1px solid palette(mid); }")
+        foot = QVBoxLayout(footer)
+        foot.setContentsMargins(10, 0, 10, 8)
+        foot.setSpacing(4)
+        self.layout().addWidget(footer)
+        form = self._form("Prediction", foot)
         self._pred_params = self._row(form, "Params", QLabel("—"),
                                       "Parameter count now → after pruning (ratio in brackets).")
         self._pred_macs = self._row(form, "MACs", QLabel("—"),
@@ -308,11 +322,18 @@ class StrategyPanel(QWidget):
             label.setFont(font)
         self._pred_message = self._note()
         form.addRow(self._pred_message)
-        lay.addStretch(1)
+        self.run_button = QToolButton()
+        self.run_button.setToolButtonStyle(Qt.ToolButtonTextOnly)
+        self.run_button.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.run_button.hide()                   # until the window hands over its Run action
+        foot.addWidget(self.run_button)
 
-        # One label width for every group, so all fields line up in one column.
-        width = max(lab.sizeHint().width() for lab in self._labels)
-        for lab in self._labels:
+        # One label width for every group of the form, so all fields line up in one column.
+        # The footer's two labels keep their own short width: it is apart from the form, and
+        # the figures beside them are what sets the panel's narrowest width.
+        form_labels = self._labels[:-2]
+        width = max(lab.sizeHint().width() for lab in form_labels)
+        for lab in form_labels:
             lab.setMinimumWidth(width)
 
         self._criterion.currentIndexChanged.connect(self._update_criterion_info)
@@ -432,6 +453,11 @@ class StrategyPanel(QWidget):
     def prediction_text(self) -> str:
         """The prediction as shown, one line per figure (for the status bar and tests)."""
         return f"Params {self._pred_params.text()}\nMACs {self._pred_macs.text()}"
+
+    def set_run_action(self, action) -> None:
+        """Show the window's Run action as the button under the prediction (its text and enabled state follow it)."""
+        self.run_button.setDefaultAction(action)
+        self.run_button.show()
 
     @property
     def target_mode(self) -> bool:
