@@ -14,7 +14,8 @@ from PySide6.QtCore import QPoint, QRect, QSettings, Qt
 from PySide6.QtGui import QGuiApplication, QImage
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from studio.app import dialogs
+from studio.app import dialogs, graph_nav
+from studio.app.graph_view import READABLE_SCALE
 from studio.app.main_window import MIN_INSPECTOR_WIDTH, MainWindow
 from studio.app.screen_fit import fit_rect, side_widths
 from studio.engine.models import demo_model_path
@@ -181,7 +182,8 @@ def test_the_graph_has_half_the_window_and_the_prediction_stays_in_sight(demo_wi
         assert not window.docks[key].isVisible()
         assert_in_sight(window.panel_buttons[key], window)
     assert window.docks["inspector"].width() >= MIN_INSPECTOR_WIDTH
-    # Opened at the top: the input in view.
+    # Opened readable, at the top: the input in view, text drawn at a legible size.
+    assert window.graph.transform().m11() >= READABLE_SCALE
     visible = window.graph.mapToScene(window.graph.viewport().rect()).boundingRect()
     assert visible.contains(window.graph.node_item("input").sceneBoundingRect())
     # The window asks for no more than the screen, however its panels are filled.
@@ -298,3 +300,82 @@ def test_data_that_does_not_fit_is_said_in_the_warning_strip(qtbot, tmp_path, mo
         assert window.width() == 1366
     finally:
         window.runner.shutdown()
+
+
+# ---------------------------------------------------------------------------- graph navigation
+
+def test_arrow_keys_walk_the_graph_and_enter_opens_the_inspector(demo_window, qtbot):
+    window = demo_window
+    place(window, "laptop")
+    graph, g = window.graph, window.document.layer_graph.graph
+    first = next(iter(g.nodes))
+    graph.select_nodes([first])
+    graph.setFocus()
+    qtbot.keyClick(graph, Qt.Key.Key_Down)
+    (below,) = graph.selected_nodes()
+    assert below in g.successors(first)
+    qtbot.keyClick(graph, Qt.Key.Key_Up)
+    assert graph.selected_nodes() == [first]
+    # Down to the first conv of a downsampling block, then Right to its shortcut conv beside it.
+    graph.select_nodes(["layer2.0.conv1"])
+    qtbot.keyClick(graph, Qt.Key.Key_Right)
+    assert graph.selected_nodes() == ["layer2.0.shortcut.0"]
+    qtbot.keyClick(graph, Qt.Key.Key_Left)
+    assert graph.selected_nodes() == ["layer2.0.conv1"]
+    # The node reached by the keys is scrolled into view.
+    visible = graph.mapToScene(graph.viewport().rect()).boundingRect()
+    assert visible.contains(graph.node_item("layer2.0.conv1").sceneBoundingRect())
+    window.docks["inspector"].hide()
+    qtbot.keyClick(graph, Qt.Key.Key_Return)
+    assert window.docks["inspector"].isVisible()
+    assert window.inspector._names == ["layer2.0.conv1"]
+    assert window.inspector.isAncestorOf(window.focusWidget())
+    graph.select_nodes([])
+
+
+def test_the_overview_map_marks_the_visible_part_and_moves_the_view(demo_window, qtbot):
+    window = demo_window
+    place(window, "laptop")
+    graph, overview = window.graph, window.graph.overview
+    graph._initial_view()
+    settle(0.4)
+    assert overview.isVisible()            # ResNet-20 is far taller than the view
+    assert graph.viewport().geometry().contains(overview.geometry())
+    scene = graph.sceneRect()
+    visible = graph.mapToScene(graph.viewport().rect()).boundingRect().intersected(scene)
+    marker, content = overview.marker_rect(), overview._content_rect()
+    # The marker is the visible part at the map's scale: same place, same share of the height.
+    assert marker.top() == pytest.approx(content.top(), abs=1.5)     # the view opened at the top
+    assert marker.height() / content.height() == pytest.approx(visible.height() / scene.height(), rel=0.02)
+    assert marker.width() / content.width() == pytest.approx(visible.width() / scene.width(), rel=0.02)
+    back = overview.map_to_scene(marker.center())
+    assert (back.x(), back.y()) == pytest.approx((visible.center().x(), visible.center().y()), abs=2)
+    # A click near the map's bottom brings the output into view, and the marker follows.
+    qtbot.mouseClick(overview, Qt.MouseButton.LeftButton, pos=QPoint(overview.width() // 2, overview.height() - 4))
+    settle(0.2)
+    visible = graph.mapToScene(graph.viewport().rect()).boundingRect()
+    assert visible.contains(graph.node_item("output").sceneBoundingRect())
+    assert overview.marker_rect().bottom() == pytest.approx(content.bottom(), abs=1.5)
+    graph.fit()                            # all of it in view: nothing for a map to show
+    settle(0.2)
+    assert not overview.isVisible()
+    graph._initial_view()
+
+
+def test_arrow_key_rules_on_a_small_graph():
+    #      a
+    #    /   \
+    #   b     c      b and c: two branches of a
+    #    \   /
+    #      d
+    succ = {"a": ["b", "c"], "b": ["d"], "c": ["d"]}
+    pred = {"b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    pos = {"a": (50.0, 0.0), "b": (0.0, 100.0), "c": (100.0, 100.0), "d": (50.0, 200.0)}
+    assert graph_nav.step("a", "down", succ, pred, pos) in ("b", "c")
+    assert graph_nav.step("b", "right", succ, pred, pos) == "c"
+    assert graph_nav.step("c", "left", succ, pred, pos) == "b"
+    assert graph_nav.step("c", "right", succ, pred, pos) is None
+    assert graph_nav.step("d", "down", succ, pred, pos) is None
+    # Straight back up returns where the step came from, not to the other branch.
+    assert graph_nav.step("d", "up", succ, pred, pos, came_from=("c", "d", "down")) == "c"
+    assert graph_nav.step("d", "up", succ, pred, pos, came_from=("b", "d", "down")) == "b"

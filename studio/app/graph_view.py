@@ -34,6 +34,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsScene, QGraphicsView, QMenu, QStyleOptionGraphicsItem
 
+from studio.app import graph_nav
+from studio.app.graph_overview import GraphOverview
 from studio.app.sensitivity_view import heat_color
 from studio.engine.graph import Layout, layered_layout
 from studio.engine.jobs.report import human_count
@@ -62,6 +64,8 @@ _LOCK_ROOM = 14.0          # space kept at the right of a prunable title for the
 _HALO = 5.0                # how far the selection halo reaches outside a box
 _MIN_PRUNABLE_W, _MAX_W = 150.0, 300.0
 _MIN_PLAIN_W = 58.0
+
+READABLE_SCALE = 0.6       # the smallest zoom a graph opens at: 12 px titles drawn at about 7 px
 
 # Level of detail (screen pixels per scene unit) below which parts are skipped.
 _LOD_FLAT = 0.14           # below: a plain rectangle, nothing else
@@ -404,6 +408,9 @@ class NodeItem(QGraphicsItem):
         super().mouseReleaseEvent(event)
 
 
+_ARROWS = {Qt.Key.Key_Up: "up", Qt.Key.Key_Down: "down", Qt.Key.Key_Left: "left", Qt.Key.Key_Right: "right"}
+
+
 def _adds_to_selection(modifiers) -> bool:
     return bool(modifiers & (Qt.KeyboardModifier.ShiftModifier | Qt.KeyboardModifier.ControlModifier))
 
@@ -496,9 +503,13 @@ class GraphView(QGraphicsView):
 
     Wheel zooms under the mouse, dragging the background pans, Shift+drag draws a rubber
     band, Shift/Ctrl-click adds a node to the selection, F fits, Esc clears the selection.
+    The arrow keys walk the selection along the edges (see `graph_nav`) and Enter asks for
+    the selected node's details (`nodeActivated`). While part of the graph is out of view,
+    an overview map in the corner shows where the view is (`GraphOverview`).
     """
 
     selectionChanged = Signal(list)          # names of the selected nodes, in graph order
+    nodeActivated = Signal(str)              # Enter on this selected node: show its details
     rateRequested = Signal(list)             # "Set rate…" on these prunable module names
     protectRequested = Signal(list, bool)    # "Protect" (True) / "Unprotect" (False)
     resetRequested = Signal(list)            # "Reset to global rate"
@@ -521,6 +532,14 @@ class GraphView(QGraphicsView):
         self.setRubberBandSelectionMode(Qt.ItemSelectionMode.IntersectsItemShape)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.scene().selectionChanged.connect(self._on_scene_selection)
+        self.overview = GraphOverview(self)
+        for bar in (self.horizontalScrollBar(), self.verticalScrollBar()):
+            # Every scroll and zoom moves a scroll bar (or its range): the map follows.
+            bar.valueChanged.connect(self._view_changed)
+            bar.rangeChanged.connect(self._view_changed)
+        self._successors: dict[str, list[str]] = {}     # drawn edges, for the arrow keys
+        self._predecessors: dict[str, list[str]] = {}
+        self._last_step: Optional[tuple[str, str, str]] = None   # (from, to, direction) of the last arrow key
         self._layer_graph = None
         self._nodes: dict[str, NodeItem] = {}
         self._edges: list[EdgeItem] = []
@@ -573,6 +592,8 @@ class GraphView(QGraphicsView):
             edge = EdgeItem(u, v, points, "×".join(map(str, shape)) if shape else "")
             scene.addItem(edge)
             self._edges.append(edge)
+            self._successors.setdefault(u, []).append(v)
+            self._predecessors.setdefault(v, []).append(u)
             self._edges_of.setdefault(u, []).append(edge)
             self._edges_of.setdefault(v, []).append(edge)
         scene.setItemIndexMethod(QGraphicsScene.ItemIndexMethod.BspTreeIndex)
@@ -582,6 +603,8 @@ class GraphView(QGraphicsView):
         self._pending_view = not self.isVisible()
         if not self._pending_view:
             self._initial_view()
+        self.overview.schedule_render()
+        self._view_changed()
         if had_selection:
             self.selectionChanged.emit([])
 
@@ -591,6 +614,7 @@ class GraphView(QGraphicsView):
         self._clear_items()
         self._layer_graph = None
         self.scene().setSceneRect(QRectF())
+        self._view_changed()
         if had_selection:
             self.selectionChanged.emit([])
 
@@ -602,6 +626,9 @@ class GraphView(QGraphicsView):
             self._order.clear()
             self._edges_of.clear()
             self._nodes_of_group.clear()
+            self._successors.clear()
+            self._predecessors.clear()
+            self._last_step = None
             self._selected = []
             self._highlighted = set()
             self._active_edges = set()
@@ -615,18 +642,21 @@ class GraphView(QGraphicsView):
         self._protected = set(protected)
         for item in self._nodes.values():
             self._apply_state(item)
+        self.overview.schedule_render()
 
     def set_result_channels(self, channels: Optional[dict[str, tuple[int, int]]]) -> None:
         """Show a finished run's (before, after) channels per module name; None hides them."""
         self._result = dict(channels) if channels is not None else None
         for item in self._nodes.values():
             self._apply_state(item)
+        self.overview.schedule_render()
 
     def set_heat(self, values: Optional[dict[str, float]]) -> None:
         """Colour prunable modules by a 0..1 sensitivity (green → red); None shows categories again."""
         self._heat = dict(values) if values is not None else None
         for item in self._nodes.values():
             self._apply_state(item)
+        self.overview.schedule_render()
 
     def _apply_state(self, item: NodeItem) -> None:
         module = item.module
@@ -704,6 +734,7 @@ class GraphView(QGraphicsView):
         for edge in active ^ self._active_edges:
             edge.set_active(edge in active)
         self._active_edges = active
+        self.overview.schedule_render()      # the map marks the selection too
         self.selectionChanged.emit(list(selected))
 
     def find(self, text: str) -> list[str]:
@@ -764,14 +795,30 @@ class GraphView(QGraphicsView):
 
     def _initial_view(self) -> None:
         # A tall network fitted whole has unreadable, pixel-high boxes; open it like Netron,
-        # at its top with the width fitted (at most 100 %), and leave the overview to fit().
-        if self._fit_scale() >= 0.45:
+        # at its top with the width fitted, between a readable zoom and 100 %, and leave the
+        # whole to the overview map and fit(). A graph wider than that opens on its input.
+        if self._fit_scale() >= READABLE_SCALE:
             self.fit()
             return
         rect = self.sceneRect()
         self.resetTransform()
-        self._set_scale(min(1.0, self.viewport().width() / rect.width()))
-        self.centerOn(QPointF(rect.center().x(), rect.top()))
+        self._set_scale(max(READABLE_SCALE, min(1.0, self.viewport().width() / rect.width())))
+        self.centerOn(QPointF(self._entry_x(), rect.top()))
+
+    def _entry_x(self) -> float:
+        """The x to open the view at: the graph's input when the width does not fit, else its middle."""
+        rect = self.sceneRect()
+        if rect.width() * self._scale() <= self.viewport().width() or not self._nodes:
+            return rect.center().x()
+        first = min(self._nodes.values(), key=lambda item: (item.pos().y(), self._order[item.name]))
+        return first.pos().x()
+
+    def _view_changed(self, *_) -> None:
+        self.overview.view_changed()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._view_changed()
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -795,8 +842,50 @@ class GraphView(QGraphicsView):
             self.fit()
         elif key == Qt.Key.Key_Escape:
             self.select_nodes([])
+        elif key in _ARROWS and self._nodes and not event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            self.step_selection(_ARROWS[key])
+        elif key in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self._selected:
+            self.nodeActivated.emit(self._current_node())
         else:
             super().keyPressEvent(event)
+
+    # ---- keyboard -----------------------------------------------------------------------
+
+    def step_selection(self, direction: str) -> Optional[str]:
+        """Move the selection one step ('up', 'down', 'left', 'right') along the graph; returns the new node.
+
+        With nothing selected, the first step selects the top node in view. The selection
+        stays where it is when nothing lies that way.
+        """
+        current = self._current_node()
+        if current is None:
+            target = self._top_node_in_view()
+        else:
+            positions = {name: (item.pos().x(), item.pos().y()) for name, item in self._nodes.items()}
+            target = graph_nav.step(current, direction, self._successors, self._predecessors, positions,
+                                    self._last_step)
+        if target is None:
+            return None
+        self._last_step = (current, target, direction) if current is not None else None
+        self.select_nodes([target])
+        self.ensureVisible(self._nodes[target], 60, 60)
+        return target
+
+    def _current_node(self) -> Optional[str]:
+        """The node the arrow keys move from: the last one they reached, else the first selected."""
+        if not self._selected:
+            return None
+        if self._last_step is not None and self._last_step[1] in self._selected:
+            return self._last_step[1]
+        return self._selected[0]
+
+    def _top_node_in_view(self) -> Optional[str]:
+        visible = self.mapToScene(self.viewport().rect()).boundingRect()
+        shown = [item for item in self._nodes.values() if visible.intersects(item.sceneBoundingRect())]
+        candidates = shown or list(self._nodes.values())
+        if not candidates:
+            return None
+        return min(candidates, key=lambda item: (item.pos().y(), item.pos().x())).name
 
     # ---- mouse --------------------------------------------------------------------------
 

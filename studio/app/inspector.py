@@ -478,6 +478,15 @@ class InspectorPanel(QWidget):
         self._editable = bool(editable)
         self._refresh_enabled()
 
+    def focus_controls(self) -> None:
+        """Give the keyboard to the panel: the rate box when the selection can be pruned, else the panel."""
+        self._scroll.ensureVisible(0, 0)
+        if self._pruning.isVisibleTo(self) and self._spin.isEnabled():
+            self._spin.setFocus(Qt.OtherFocusReason)
+            self._spin.selectAll()
+        else:
+            self._scroll.setFocus(Qt.OtherFocusReason)
+
     # ---- selection display -------------------------------------------------------
     def _set_facts(self, rows: list[tuple[str, str, str]]) -> None:
         """Replace the fact rows with (key, value, tooltip) triples."""

@@ -385,6 +385,7 @@ class MainWindow(QMainWindow):
         for signal in (d.modelChanged, d.dataChanged, d.planChanged, d.runsChanged):
             signal.connect(lambda *_: self.autosaver.mark_dirty())
         self.graph.selectionChanged.connect(self._on_selection)
+        self.graph.nodeActivated.connect(self._on_node_activated)
         self.graph.rateRequested.connect(self._ask_rate)
         self.graph.protectRequested.connect(d.set_protected)
         self.graph.resetRequested.connect(d.reset_layers)
@@ -615,6 +616,7 @@ class MainWindow(QMainWindow):
         self.graph.set_graph(opened.layer_graph, opened.layout)   # opens at a readable zoom
         self.inspector.show_selection(opened.layer_graph, [], {}, set())
         self._refresh_enabled()
+        self.graph.setFocus()   # arrow keys walk the graph from here
 
     def _on_data_changed(self) -> None:
         # Data-driven criteria (Taylor, HRank) score with the data: old scores are stale.
@@ -650,6 +652,14 @@ class MainWindow(QMainWindow):
         self.inspector.show_selection(d.model.layer_graph, list(names), self._shown_rates(), d.protected())
         if names:
             self.docks["inspector"].raise_()
+
+    def _on_node_activated(self, name: str) -> None:
+        """Enter on a graph node: the inspector shows it, in view, with the keyboard in its controls."""
+        dock = self.docks["inspector"]
+        dock.show()
+        dock.raise_()
+        self._on_selection(self.graph.selected_nodes() or [name])
+        self.inspector.focus_controls()
 
     def _refresh_warnings(self) -> None:
         """The warning strip: the model's tracing hazards and why the data does not fit, each in full a click away."""
