@@ -283,3 +283,22 @@ def test_onnx_is_skipped_with_a_reason_past_the_single_file_limit(tmp_path, monk
                                               example_input=torch.zeros(1, 3, 8, 8), arch=None, num_classes=2,
                                               pruning_history=[]))
     assert records[0].path and not records[1].path and "2 GB a single ONNX file" in records[1].note
+
+
+def test_a_failing_format_is_recorded_and_the_others_are_still_written(tmp_path):
+    class Lambda(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.fn = lambda x: x.mean((2, 3))   # pickle cannot save a lambda: the 'pt' file fails
+
+        def forward(self, x):
+            return self.fn(self.conv(x))
+
+    events = []
+    records = run_to_end(export_model(Lambda(), tmp_path, formats=("pt", "torchscript"),
+                                      example_input=torch.zeros(1, 3, 8, 8), arch=None, num_classes=2,
+                                      pruning_history=[]), events.append)
+    assert not records[0].path and records[0].note.startswith("Failed: Exporting the model as pt failed")
+    assert records[1].path and (tmp_path / "model.torchscript.pt").is_file()
+    assert any(isinstance(e, Log) and "The other formats are still written" in e.message for e in events)

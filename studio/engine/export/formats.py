@@ -215,6 +215,24 @@ def _skip_reason(fmt: str, arch: Optional[str], model: nn.Module) -> str:
     return ""
 
 
+def _write_one(fmt: str, path: Path, work: nn.Module, check, reference, **context) -> tuple:
+    """Write and verify one format atomically; (bytes, max diff, note), or a `StudioError` (no file kept)."""
+    try:
+        with atomic_write(path) as tmp:
+            diff, note = _WRITERS[fmt](work, tmp, check, reference, **context)
+            _verify(fmt, diff, reference)
+            return tmp.stat().st_size, diff, note
+    except StudioError:
+        raise
+    except OSError as exc:   # a full disk was already turned into a StudioError by atomic_write
+        raise StudioError(f"Cannot write {path}: {exc.strerror or exc}.",
+                          "Check that the output folder is writable, then export again.") from exc
+    except Exception as exc:  # noqa: BLE001 - tracing/exporting a user's model fails in many ways
+        raise StudioError(f"Exporting the model as {fmt} failed: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} (no file was kept).",
+                          f"Leave '{fmt}' out of the export formats and export the others.") from exc
+
+
 def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS, example_input: torch.Tensor,
                  arch: Optional[str], num_classes: int, input_size=None, pruning_history: list,
                  trained: bool = True, base_name: str = "model", token: CancelToken = NEVER_CANCELLED,
@@ -222,7 +240,10 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     """Write ``model`` to ``out_dir`` in each of ``formats``, reload each file and check its outputs.
 
     Yields Phase/Progress/Log events and returns a list of `ExportRecord` (one per format; a
-    checkpoint that cannot be rebuilt because ``arch`` is None is skipped with a note).
+    checkpoint that cannot be rebuilt because ``arch`` is None is skipped with a note). A
+    format that fails (a lambda pickle cannot save, a model TorchScript cannot trace) is
+    recorded as failed with the reason and the others are still written; only when nothing
+    could be written, or the disk or folder fails, does the export raise.
     ``builder(arch, num_classes)`` rebuilds a checkpoint's architecture for the check
     (default: `studio.engine.models.architectures.build_architecture`). ``model`` is not changed.
     """
@@ -249,6 +270,7 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
     yield Phase("export", f"Exporting {', '.join(formats)}")
     yield Progress("export", 0, len(formats))
     records: list[ExportRecord] = []
+    failed: list[StudioError] = []
     for i, fmt in enumerate(formats):
         token.check("export")
         path = out_dir / f"{base_name}{_SUFFIX[fmt]}"
@@ -260,24 +282,22 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
             continue
         ensure_free_space(out_dir, needed)
         try:
-            with atomic_write(path) as tmp:
-                diff, note = _WRITERS[fmt](work, tmp, check, reference, example_input=example_input, arch=arch,
-                                           num_classes=num_classes, input_size=input_size,
-                                           pruning_history=pruning_history, trained=trained, builder=builder)
-                _verify(fmt, diff, reference)
-                size = tmp.stat().st_size
-        except StudioError:
-            raise
-        except OSError as exc:   # a full disk was already turned into a StudioError by atomic_write
-            raise StudioError(f"Cannot write {path}: {exc.strerror or exc}.",
-                              "Check that the output folder is writable, then export again.") from exc
-        except Exception as exc:  # noqa: BLE001 - tracing/exporting a user's model fails in many ways
-            raise StudioError(f"Exporting the model as {fmt} failed: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} (no file was kept).",
-                              f"Leave '{fmt}' out of the export formats and export the others.") from exc
+            size, diff, note = _write_one(fmt, path, work, check, reference, example_input=example_input, arch=arch,
+                                          num_classes=num_classes, input_size=input_size,
+                                          pruning_history=pruning_history, trained=trained, builder=builder)
+        except StudioError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise        # the disk or the folder: every other format would fail the same way
+            failed.append(exc)
+            records.append(ExportRecord(fmt, "", 0, math.nan, f"Failed: {exc.problem}"))
+            yield Log(f"{fmt}: {exc.problem} The other formats are still written.", "warning")
+            yield Progress("export", i + 1, len(formats), f"{fmt} failed")
+            continue
         records.append(ExportRecord(fmt, str(path), size, diff, note))
         shown = "not checked" if math.isnan(diff) else f"max diff {diff:.2g}"
         yield Progress("export", i + 1, len(formats), f"{fmt}: {size / 1e6:.2f} MB, {shown}")
+    if failed and not any(r.path for r in records):
+        raise failed[0]      # nothing was written: the job must say so, not end with no model
     return records
 
 

@@ -35,8 +35,14 @@ def _places(view: "AutogradView", fns: list, limit: int = 3) -> str:
     return text + (f" and {len(spots) - limit} more places" if len(spots) > limit else "")
 
 
+# Layers whose subclasses (timm's Linear, a library's own Conv2d) torch-pruning prunes as the base class.
+_PRUNABLE_BASES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
 def _builtin(call: Optional[LayerCall]) -> bool:
-    return call is not None and type(call.module).__module__.startswith(("torch.nn", "torch.ao.nn"))
+    """Whether the ops inside this layer call are torch.nn's own business (not torch-pruning's to interpret)."""
+    return call is not None and (type(call.module).__module__.startswith(("torch.nn", "torch.ao.nn"))
+                                 or isinstance(call.module, _PRUNABLE_BASES))
 
 
 @dataclass
@@ -77,6 +83,10 @@ def find_hazards(probe: Probe, handled: frozenset = frozenset()) -> list[Hazard]
                             list(dict.fromkeys(n for f in feeding for n in view.producers(f)))))
     for (problem, op), fns in sorted(_sites(view).items(), key=lambda kv: kv[1][0]._sequence_nr()):
         fns = sorted(fns, key=lambda f: f._sequence_nr())
+        if problem == "slice":   # dim 1 is the channel axis only when the layers before it make that many
+            fns = [f for f in fns if _slices_produced_channels(view, f)]
+            if not fns:
+                continue
         layers = list(dict.fromkeys(name for f in fns for name in view.producers(f)))
         if layers and set(layers) <= handled:
             continue
@@ -134,6 +144,14 @@ def _explain(problem: str, op: str, where: str) -> str:
             "convolution, linear layer or concatenation; torch-pruning treats it as "
             "element-wise and would prune the wrong channels. Keep the layers around "
             "it out of pruning.")
+
+
+def _slices_produced_channels(view: AutogradView, f: Any) -> bool:
+    """Whether the sliced axis has the width of a layer that feeds it (not the height of a channels-last map)."""
+    width = tuple(f._saved_self_sym_sizes)[1]
+    modules = {c.qualname: c.module for c in view.probe.calls}
+    return any(getattr(modules.get(name), attr, None) == width for name in view.producers(f)
+               for attr in ("out_channels", "out_features"))
 
 
 def _slices_channels(f: Any) -> bool:

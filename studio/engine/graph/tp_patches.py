@@ -5,6 +5,8 @@ import contextlib
 import threading
 from typing import Any, Callable, Iterator
 
+from studio.engine.errors import StudioError
+
 _TP_PATCH_LOCK = threading.Lock()
 # Index budget for listing one model's groups. Real CNNs stay far below: DenseNet-201 maps
 # 2.6 M indices in total and its largest step is 0.03 M (VGG's flatten); transformers can
@@ -17,8 +19,44 @@ class TooManyIndices(Exception):
     """torch-pruning's index mapping ran away (it multiplies through chains of reshapes)."""
 
 
+def runaway_indices() -> StudioError:
+    """The plain-words error for a model whose channel index lists grow without bound."""
+    return StudioError("torch-pruning cannot follow this model's channels: its channel index lists grow without "
+                       "bound through the model's reshapes (typical of window attention, as in Swin and MaxViT), "
+                       "so no group can be pruned safely. Nothing was changed.",
+                       "Prune the model's convolutional parts by loading them as their own model, or use a "
+                       "convolutional architecture.")
+
+
+def install_reshape_guard() -> None:
+    """Keep torch-pruning's graph building alive through a channel shuffle (done once, at import).
+
+    A shuffle's view(n, groups, c // groups, h, w) makes torch-pruning divide the channel
+    counts on both sides of the reshape, which is zero for ShuffleNetV2 and raises
+    ZeroDivisionError while the graph is built: the whole model was lost. Without the mapping
+    torch-pruning treats that reshape as element-wise, which is wrong across a shuffle; the
+    shuffle hazard (`hazards.find_hazards`) protects the groups that feed it, so nothing wrong
+    is pruned and the rest of the model is.
+    """
+    from torch_pruning.dependency import index_mapping as tp_mapping
+    real = tp_mapping.update_reshape_index_mapping
+    if getattr(real, "studio_guard", False):
+        return
+
+    def guarded(graph: Any, node: Any) -> None:
+        try:
+            real(graph, node)
+        except ZeroDivisionError:
+            pass   # a reshape into channel groups: no flatten mapping (see above)
+    guarded.studio_guard = True  # type: ignore[attr-defined]
+    tp_mapping.update_reshape_index_mapping = guarded
+
+
+install_reshape_guard()
+
+
 @contextlib.contextmanager
-def tp_guards(dg: Any) -> Iterator[None]:
+def tp_guards(dg: Any, listing_only: bool = True) -> Iterator[None]:
     """Make listing ``dg``'s groups fast and bounded.
 
     torch-pruning's get_pruning_group refreshes the index mapping of the whole graph each
@@ -27,6 +65,8 @@ def tp_guards(dg: Any) -> Iterator[None]:
     graph the refresh is skipped (other graphs still get the real call), which gives
     identical groups. On models such as Swin or MaxViT its index lists multiply through
     reshapes until memory runs out; an index budget turns that into a clear failure.
+    While pruning (``listing_only`` False) the mapping must be refreshed after each group,
+    so only the budget of one step applies.
     """
     from torch_pruning.dependency import graph as tp_graph
     from torch_pruning.dependency import index_mapping as tp_mapping
@@ -43,7 +83,7 @@ def tp_guards(dg: Any) -> Iterator[None]:
 
         @staticmethod
         def update_index_mapping(graph: Any) -> None:
-            if graph is not dg:
+            if dg is None or graph is not dg:
                 real.update_index_mapping(graph)
 
     def guarded(cls: type) -> Callable:
@@ -52,14 +92,15 @@ def tp_guards(dg: Any) -> Iterator[None]:
         def wrapper(self: Any, idxs: Any) -> Any:
             # A forward flatten mapping turns each index into `stride` indices: check first.
             grow = max(1, int(getattr(self, "_stride", 1))) if not getattr(self, "reverse", True) else 1
-            used[0] += len(idxs) * grow
+            used[0] += len(idxs) * grow if listing_only else 0
             if len(idxs) * grow > _MAX_STEP_INDICES or used[0] > _MAX_TOTAL_INDICES:
                 raise TooManyIndices()
             return call(self, idxs)
         return wrapper
 
     with _TP_PATCH_LOCK:  # build_dependency has just computed the mapping once
-        tp_graph.index_mapping = _Once()
+        if listing_only:
+            tp_graph.index_mapping = _Once()
         for cls in mappings:
             cls.__call__ = guarded(cls)
         try:

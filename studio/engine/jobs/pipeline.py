@@ -36,7 +36,13 @@ from studio.engine.metrics import measure
 from studio.engine.models import LoadedModel, load_model, save_checkpoint
 from studio.engine.methods import MethodInput, get_method
 from studio.engine.pruning import PruningPlan, get_criterion
-from studio.engine.pruning.protection import RunsAsBefore, as_dicts, explicit_requests, prune_with_protection
+from studio.engine.pruning.protection import (
+    RunsAsBefore,
+    as_dicts,
+    explicit_requests,
+    plan_groups,
+    prune_with_protection,
+)
 from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
 
 
@@ -181,6 +187,8 @@ def _run(recipe, staging, token, loaded, bundle, started):
 
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(recipe.seed))
     runs_as_before = RunsAsBefore(loaded.module, example, warnings)
+    # Pre-flight: a model torch-pruning cannot follow fails here, before the slow measurements.
+    groups = plan_groups(loaded.module, example, recipe.plan)
     calib = None
     if bundle is not None:
         calib = calibration_batches(bundle, recipe.data.batch_size, recipe.data.calibration_batches, recipe.seed)
@@ -211,7 +219,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
         yield Log(f"Channels chosen by the {plan.criterion} criterion, as reconstruct.method "
                   f"'{recipe.reconstruct.method}' asks (in place of {recipe.plan.criterion}).")
     pruned, protected = yield from prune_with_protection(
-        work, plan, example, calibration=calib, token=token, hazards=hazards,
+        work, plan, example, calibration=calib, token=token, hazards=hazards, groups=groups,
         check=runs_as_before)
     model = pruned.model.cpu()
     warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}). {p.why}" for p in protected)
@@ -260,6 +268,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
             # A model pruned before (a studio checkpoint) is rebuilt from both histories, in order.
             pruning_history=[*loaded.pruning_history, *pruned.history],
             trained=loaded.trained, token=token)
+        warnings.extend(f"Export {e.format}: {e.note}" for e in exports if e.note.startswith("Failed"))
         yield Phase("report", "Writing the run folder")
         metrics = {
             "studio_version": studio.__version__,

@@ -11,6 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from studio.engine.errors import StudioError
+from studio.engine.graph.tp_patches import TooManyIndices, runaway_indices, tp_guards
 from studio.engine.pruning.plan import find_classifier
 
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -21,9 +23,19 @@ def prunable_groups(work: nn.Module, example: torch.Tensor, protected: Iterable[
     head = find_classifier(work)
     modules = dict(work.named_modules())
     ignored = [modules[n] for n in (*protected, *([head] if head else [])) if n in modules]
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
-    groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=list(_WEIGHTED)))
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(work, example_inputs=example, verbose=False)
+        with tp_guards(dg):
+            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=list(_WEIGHTED)))
+    except (TooManyIndices, MemoryError) as exc:
+        raise runaway_indices() from exc
+    except StudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch-pruning failing on a user's model
+        raise StudioError(f"torch-pruning could not trace the model ({type(exc).__name__}: {exc}).",
+                          "Check that the example input fits the model, or protect the layers around "
+                          "unusual operations.") from exc
     return dg, groups
 
 

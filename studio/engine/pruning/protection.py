@@ -76,14 +76,16 @@ def with_protected(plan: PruningPlan, layers) -> PruningPlan:
 
 
 def prune_with_protection(model: nn.Module, plan: PruningPlan, example: torch.Tensor, *, check: Callable,
-                          hazards: Sequence = (), calibration=None, token=None) -> Generator[object, None, tuple]:
+                          hazards: Sequence = (), groups: Optional[list] = None, calibration=None,
+                          token=None) -> Generator[object, None, tuple]:
     """`prune`, protecting the groups that break the model; returns (PruneResult, [ProtectedGroup]).
 
-    ``hazards`` (`studio.engine.graph.Hazard`) protect the groups they touch before surgery;
+    ``hazards`` (`studio.engine.graph.Hazard`) protect the groups they touch before surgery
+    (``groups``: the plan's groups, when the caller listed them already, see `plan_groups`);
     a failure during or after surgery protects the groups found at fault by bisection.
     """
     plan.validate(model)
-    protected = hazard_groups(model, example, plan, hazards)
+    protected = hazard_groups(model, example, plan, hazards, groups)
     plan = yield from protect(plan, protected)
     try:
         result = yield from prune(model, plan, example, calibration=calibration, token=token)

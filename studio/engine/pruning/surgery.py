@@ -19,6 +19,7 @@ from torch import nn
 
 from studio.engine.errors import StudioError
 from studio.engine.graph.attention import attention_heads, update_head_sizes
+from studio.engine.graph.tp_patches import TooManyIndices, runaway_indices, tp_guards
 from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progress
 from studio.engine.pruning.criteria import Criterion, get_criterion
 from studio.engine.pruning.macs import MacCounter, batch_size_of, count_macs_after, count_macs_forward, run_forward
@@ -108,7 +109,7 @@ def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance
     if head is not None:
         ignored.append(modules[head])
     try:
-        with torch.enable_grad():   # the dependency graph is traced through autograd
+        with torch.enable_grad(), tp_guards(None, listing_only=False):   # the graph is traced through autograd
             return tp.pruner.BasePruner(
                 work, example_inputs, importance=importance,
                 global_pruning=plan.global_ranking, pruning_ratio=plan.rate,
@@ -121,10 +122,21 @@ def _build_pruner(work: nn.Module, plan: PruningPlan, example_inputs, importance
                 forward_fn=lambda model, inputs: run_forward(model, inputs))
     except StudioError:
         raise
+    except (TooManyIndices, MemoryError) as exc:
+        raise runaway_indices() from exc
     except Exception as exc:  # tracing a user's model can fail on ops torch-pruning does not know
         raise StudioError(f"torch-pruning could not trace the model ({type(exc).__name__}: {exc}).",
                           "Check that the example input fits the model, or protect the layers around "
                           "unusual operations.") from exc
+
+
+def _step(pruner) -> None:
+    """One torch-pruning step, with its index lists kept bounded (see `tp_guards`)."""
+    try:
+        with tp_guards(None, listing_only=False):
+            pruner.step()
+    except (TooManyIndices, MemoryError) as exc:
+        raise runaway_indices() from exc
 
 
 def _jsonable_history(history) -> list:
@@ -167,7 +179,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     for step in range(steps):
         token.check("pruning")
         prepare_scores(importance, criterion, work, batches, loss_fn)
-        pruner.step()
+        _step(pruner)
         update_head_sizes(work, pruner.num_heads)
         work.zero_grad(set_to_none=True)
         yield Progress("prune", step + 1, steps, f"Step {step + 1}/{steps}: {_param_count(work):,} parameters left")
@@ -247,7 +259,7 @@ def estimate_model(model: nn.Module, plan: PruningPlan, example_inputs) -> tuple
     with counter.record():
         pruner = _build_pruner(work, plan, example_inputs, importance)
     for _ in range(plan.iterative_steps):
-        pruner.step()
+        _step(pruner)
     update_head_sizes(work, pruner.num_heads)
     return work, _param_count(work), count_macs_after(counter, work, example_inputs)
 
