@@ -345,3 +345,14 @@ def test_python_file_errors(tmp_path):
     failing.write_text("import not_a_real_package_xyz\n")
     with pytest.raises(StudioError, match="ModuleNotFoundError.*not_a_real_package_xyz"):
         load_model(f"{failing}:Net")
+
+
+def test_a_vit_is_given_the_input_it_was_built_for_not_the_weights_crop():
+    # ViT-H/14's default weights are for 518x518, but built without them it expects 224x224.
+    from torch import nn
+
+    from studio.engine.models.loading import built_input
+    vit = nn.Module()
+    vit.image_size = 224
+    assert built_input(vit, (3, 518, 518)) == (3, 224, 224)
+    assert built_input(nn.Conv2d(3, 3, 1), (3, 299, 299)) == (3, 299, 299)

@@ -316,6 +316,13 @@ def _download_weights(name: str, url: str, file: Path) -> None:
                           f"{file}.") from exc
 
 
+def built_input(module: nn.Module, fallback: tuple) -> tuple:
+    """The input the built model expects: a ViT is built for one image size (224 without weights,
+    518 with ViT-H/14's default weights), which can differ from the weights' crop."""
+    size = getattr(module, "image_size", None)
+    return (3, size, size) if isinstance(size, int) else fallback
+
+
 def _load_torchvision(spec: str, name: str, num_classes: Optional[int], pretrained: bool,
                       download: bool) -> LoadedModel:
     import torchvision
@@ -330,7 +337,7 @@ def _load_torchvision(spec: str, name: str, num_classes: Optional[int], pretrain
 
     def random_init(n: int, note: str) -> LoadedModel:
         module = torchvision.models.get_model(name, weights=None, num_classes=n)
-        return LoadedModel(module, spec, "torchvision", arch, input_size, n, False, note, True)
+        return LoadedModel(module, spec, "torchvision", arch, built_input(module, input_size), n, False, note, True)
 
     if num_classes is not None and num_classes != imagenet_classes:
         return random_init(num_classes, f"random init (untrained): the ImageNet weights have a "
@@ -352,7 +359,7 @@ def _load_torchvision(spec: str, name: str, num_classes: Optional[int], pretrain
     except Exception as exc:  # damaged, truncated or foreign files fail in several ways
         raise StudioError(f"The cached weight file {file} is damaged or is not {name}'s weights ({_cause(exc)}).",
                           f"Delete it and copy a fresh one from {weights.url}.") from exc
-    return LoadedModel(module, spec, "torchvision", arch, input_size, imagenet_classes, True,
+    return LoadedModel(module, spec, "torchvision", arch, built_input(module, input_size), imagenet_classes, True,
                        "ImageNet weights from local cache", True)
 
 
