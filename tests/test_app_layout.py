@@ -330,6 +330,12 @@ def test_arrow_keys_walk_the_graph_and_enter_opens_the_inspector(demo_window, qt
     assert window.docks["inspector"].isVisible()
     assert window.inspector._names == ["layer2.0.conv1"]
     assert window.inspector.isAncestorOf(window.focusWidget())
+    # At its laptop width the inspector shows the layer whole: nothing cut off at its right edge.
+    qtbot.waitUntil(lambda: not window.runner.busy, timeout=60000)     # the importance histogram
+    settle(0.3)
+    inspector = window.inspector
+    assert inspector.width() < 300
+    assert inspector._body.width() <= inspector._scroll.viewport().width()
     graph.select_nodes([])
 
 

@@ -300,6 +300,10 @@ class InspectorPanel(QWidget):
         hl.setContentsMargins(0, 0, 0, 0)
         hl.setSpacing(3)
         self._hist_title = section_label("Channel importance")
+        # These two headings carry counts ("CHANNEL IMPORTANCE (64 CHANNELS, 44 CUT)"): on one
+        # line they would set the panel's narrowest width, so they wrap instead.
+        for heading in (self._group_head, self._hist_title):
+            heading.setWordWrap(True)
         self._hist_title.setToolTip("How many of the layer's output channels have each importance score. "
                                     "Red: channels removed at the current rate (the lowest scores); "
                                     "the dashed line is the cut.")

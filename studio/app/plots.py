@@ -377,9 +377,11 @@ class LivePlots(QWidget):
         item.addItem(self._now_bars)
         self._before_labels, self._now_labels = [], []
         for y in ys:
-            for labels, dy, color in ((self._before_labels, -thick / 2, "#6b7280"),
-                                      (self._now_labels, thick / 2, "#1e3a8a")):
-                text = pg.TextItem("", color=color, anchor=(0, 0.5))
+            # "before" inside the end of its 100 % bar, "now" after its bar: a label right of
+            # the 100 % bar would be cut off when the chart is narrow (the panel under the graph).
+            for labels, dy, color, anchor in ((self._before_labels, -thick / 2, "#475569", (1, 0.5)),
+                                              (self._now_labels, thick / 2, "#1e3a8a", (0, 0.5))):
+                text = pg.TextItem("", color=color, anchor=anchor)
                 text.setPos(0, y + dy)
                 item.addItem(text)
                 labels.append(text)
@@ -398,7 +400,7 @@ class LivePlots(QWidget):
             ref.append(100.0 if known else 0.0)
             cur.append(pct)
             self._before_labels[i].setText(f"before {fmt(b)}" if known else "")
-            self._before_labels[i].setPos(ref[-1] + 1, self._before_labels[i].pos().y())
+            self._before_labels[i].setPos(ref[-1] - 1, self._before_labels[i].pos().y())
             self._now_labels[i].setText("" if math.isnan(pct) else f"now {fmt(n)} · {pct:.0f}%")
             self._now_labels[i].setPos(0 if math.isnan(pct) else pct + 1, self._now_labels[i].pos().y())
         self._before_bars.setOpts(width=np.asarray(ref))
