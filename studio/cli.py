@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune (and fine-tune) a model, export it and write a report")
     _model_args(p)
     p.add_argument("--criterion", default="l1", help="importance criterion (see `studio criteria`)")
-    p.add_argument("--rate", type=float, default=0.5, help="share of channels to remove, in [0, 1)")
+    p.add_argument("--rate", type=float, help="share of channels to remove, in [0, 1) (default 0.5; the demo "
+                                                "without plan flags runs the first-run plan of its model card)")
     p.add_argument("--layer-rate", type=_parse_layer_rate, action="append", default=[], metavar="NAME=RATE",
                    help="per-layer rate (repeatable)")
     p.add_argument("--protect", action="append", default=[], metavar="NAME", help="layer never pruned (repeatable)")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cap also choose the channels (He et al. 2017 / compensation-aware)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for --reconstruct")
     p.add_argument("--ridge", type=float, default=1e-3, help="ridge term of --reconstruct's fits")
-    p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=int)
     p.add_argument("--retrain", action="store_true",
                    help="re-initialise the pruned model and train it from scratch for --finetune-epochs")
     p.add_argument("--sparse-epochs", type=int, default=0, help="sparse training (L1 on BN scales) before pruning")
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batches", type=int, help="limit evaluation batches (smoke runs)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (training)")
     p.add_argument("--export", default="pt,checkpoint,torchscript,onnx", help="comma-separated export formats")
+    p.add_argument("--latency", type=_parse_latency, default=[1], metavar="BATCHES",
+                   help="batch sizes to time, e.g. 1,8 (default 1); 'none' skips timing (large models on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-recipe", help="also write the recipe built from these flags to this file")
     p.add_argument("--out", required=True, help="new run folder")
@@ -188,13 +191,27 @@ def _model_source(args):
                        input_size=list(args.input_size) if args.input_size else None, trust=args.trust)
 
 
+def _parse_latency(text: str) -> list:
+    """'1,8' -> [1, 8]; 'none' -> [] (no latency timing)."""
+    if text.strip().lower() in ("none", "0", ""):
+        return []
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"latency batch sizes must look like 1 or 1,8 or none, got {text!r}")
+    return sizes
+
+
 def _recipe_from_prune_args(args):
-    from studio.engine.jobs import DataSource, Recipe
+    from studio.engine.jobs import DataSource, MeasureOptions, Recipe
     from studio.engine.jobs.recipe import ReconstructOptions
     from studio.engine.pruning import PruningPlan
     from studio.engine.training import TrainConfig
 
-    plan = PruningPlan(criterion=args.criterion, rate=args.rate, layer_rates=dict(args.layer_rate),
+    plan = PruningPlan(criterion=args.criterion, rate=0.5 if args.rate is None else args.rate,
+                       layer_rates=dict(args.layer_rate),
                        protected=list(args.protect), global_ranking=args.global_ranking, round_to=args.round_to,
                        iterative_steps=args.steps, unstructured_sparsity=args.sparsity, strict=args.strict)
     common = dict(lr=args.lr, device=args.device, max_steps_per_epoch=args.max_steps)
@@ -203,8 +220,9 @@ def _recipe_from_prune_args(args):
         data=DataSource(spec=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches),
         plan=plan,
         sparse_training=TrainConfig(epochs=args.sparse_epochs, bn_l1=args.bn_l1, **common),
-        finetune=TrainConfig(epochs=args.finetune_epochs, **common),
+        finetune=TrainConfig(epochs=args.finetune_epochs or 0, **common),
         exports=[f.strip() for f in args.export.split(",") if f.strip()],
+        measure=MeasureOptions(batch_sizes=list(args.latency)),
         seed=args.seed,
         retrain=args.retrain,
         reconstruct=ReconstructOptions(method=args.reconstruct, batches=args.calib_batches, ridge=args.ridge)
@@ -300,9 +318,20 @@ def _print_preflight(found) -> None:
               f"{largest / max(smallest, 1):.1f}× at most")
 
 
+def _wants_demo_plan(args) -> bool:
+    """`studio prune demo` with no plan of its own: the demo's first-run plan (the window opens it too)."""
+    return args.model == "demo" and args.rate is None and not args.layer_rate and args.reconstruct is None \
+        and args.finetune_epochs is None and not args.sparse_epochs
+
+
 def cmd_prune(args) -> int:
     from studio.engine.jobs import save_recipe
     recipe = _recipe_from_prune_args(args)
+    if _wants_demo_plan(args):
+        from studio.engine.jobs.demo_plan import with_demo_plan
+        recipe = with_demo_plan(recipe)
+        print("demo: the first-run plan of its model card (2x fewer MACs, least-squares refit, short fine-tune); "
+              "give --rate or --layer-rate for your own plan")
     if args.save_recipe:
         save_recipe(recipe, args.save_recipe)
     return _run_job(recipe, args.out)

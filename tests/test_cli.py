@@ -264,3 +264,12 @@ def test_demo_without_qt_runs_headless(monkeypatch, capsys):
     assert "running the demo job in the terminal" in capsys.readouterr().out
     (recipe, out), = jobs
     assert recipe.model.spec == "demo" and recipe.data.spec == "demo" and recipe.finetune.epochs == 1
+
+
+def test_latency_none_skips_timing_and_bad_values_are_explained(tmp_path, capsys):
+    assert main(["prune", "cifar:resnet20", "--rate", "0.3", "--latency", "none", "--export", "pt",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["before"]["latency"] == {}
+    with pytest.raises(SystemExit):
+        main(["prune", "cifar:resnet20", "--latency", "fast", "--out", str(tmp_path / "bad")])
+    assert "latency batch sizes must look like 1 or 1,8 or none" in capsys.readouterr().err

@@ -189,8 +189,9 @@ class Recipe:
         if self.data.batch_size < 1 or self.data.calibration_batches < 1:
             raise StudioError("data.batch_size and data.calibration_batches must be at least 1.",
                               "Fix the numbers in the recipe.")
-        if not self.measure.batch_sizes or any(int(b) < 1 for b in self.measure.batch_sizes):
-            raise StudioError("measure.batch_sizes must list positive batch sizes.", "For example [1, 32].")
+        if any(int(b) < 1 for b in self.measure.batch_sizes):   # an empty list: no latency timing
+            raise StudioError("measure.batch_sizes must list positive batch sizes.", "For example [1, 32], or [] "
+                              "to skip latency.")
         if not isinstance(self.retrain, bool):
             raise StudioError(f"retrain must be true or false (got {self.retrain!r}).", "Fix the recipe.")
         if self.retrain and self.finetune.epochs < 1:
