@@ -265,3 +265,34 @@ def test_dropped_paths_open_by_kind(qtbot, window, tmp_path, errors):
     finally:
         other.runner.shutdown()
     assert not errors, errors
+
+
+def test_a_model_with_a_hazard_gets_an_honest_prediction_and_names_its_blocked_groups(qtbot, window, errors):
+    from pathlib import Path
+
+    import hard_nets
+    window.open_model({"spec": f"{Path(hard_nets.__file__)}:Stacked", "input_size": list(hard_nets.INPUT)})
+    wait_idle(qtbot, window)
+    assert "1 of 3 groups blocked" in window.header.text()
+    qtbot.waitUntil(lambda: not window._prediction_timer.isActive(), timeout=5000)
+    wait_idle(qtbot, window)
+    # The stacked branches stay whole, so the prediction counts them as kept.
+    from studio.engine.pruning.preflight import predict
+    honest = predict(window.document.model.loaded.module, window.document.recipe.plan, hard_nets.INPUT)
+    assert window.strategy._pred_macs.text().startswith("375 K") and "Counted as kept: 1 group" in \
+        window.strategy._pred_message.text()
+    assert honest.kept and str(round(honest.macs / 1e3)) in window.strategy._pred_macs.text()
+    window.graph.select_nodes(["left"])
+    assert "BLOCKED" in window.inspector._badge.text() and "torch.stack" in window.inspector._reason.text()
+    assert not errors
+
+
+def test_a_plan_whose_surgery_would_fail_says_so_beside_the_figures(qtbot, window):
+    from pathlib import Path
+
+    import hard_nets
+    window.open_model({"spec": f"{Path(hard_nets.__file__)}:HardReshape", "input_size": list(hard_nets.INPUT)})
+    wait_idle(qtbot, window)
+    qtbot.waitUntil(lambda: not window._prediction_timer.isActive(), timeout=5000)
+    wait_idle(qtbot, window)
+    assert "Surgery is likely to fail" in window.strategy._pred_message.text()

@@ -74,3 +74,30 @@ def test_demo_model_scores_what_its_card_records():
     result = run_to_end(evaluate(loaded.module, load_data("demo").val, device="cpu"))
     assert abs(result.top1 - card["subset_test_top1"]) <= 0.01
     assert result.top1 > 0.5   # far above the 10% of chance: these are trained weights
+
+
+def test_studio_prune_demo_without_plan_flags_runs_the_cards_first_run_plan():
+    from studio.cli import _recipe_from_prune_args, _wants_demo_plan, build_parser
+    from studio.engine.jobs.demo_plan import demo_first_run, with_demo_plan
+    first = demo_first_run()
+    args = build_parser().parse_args(["prune", "demo", "--out", "x"])
+    assert _wants_demo_plan(args)
+    recipe = with_demo_plan(_recipe_from_prune_args(args))
+    assert recipe.plan.layer_rates == first["plan"]["layer_rates"] and recipe.data.spec == "demo"
+    assert recipe.reconstruct.method == first["reconstruct"]["method"]
+    assert recipe.finetune.epochs == first["finetune"]["epochs"] > 0
+    # Any plan flag of the user's own wins over the card.
+    assert not _wants_demo_plan(build_parser().parse_args(["prune", "demo", "--rate", "0.3", "--out", "x"]))
+
+
+def test_the_demo_plan_reaches_its_2x_target_on_the_shipped_model():
+    import torch
+
+    from studio.engine.jobs.demo_plan import demo_first_run
+    from studio.engine.models import load_model
+    from studio.engine.pruning import PruningPlan, estimate
+    first = demo_first_run()
+    model = load_model("demo").module
+    _, macs = estimate(model, PruningPlan.from_dict(first["plan"]), torch.zeros(1, 3, 32, 32))
+    _, full = estimate(model, PruningPlan(rate=0.0), torch.zeros(1, 3, 32, 32))
+    assert 1.95 <= full / macs <= 2.1

@@ -175,6 +175,7 @@ class InspectorPanel(QWidget):
         self._targets: list[str] = []        # prunable modules among them (what the controls edit)
         self._rates: dict[str, float] = {}
         self._protected: set[str] = set()
+        self._blocked: dict[str, str] = {}   # layer -> why the pre-flight blocks its group
         self._editable = True
         self._mixed = False
         self._press_rate: Optional[float] = None
@@ -428,6 +429,10 @@ class InspectorPanel(QWidget):
         elif self._scores is not None:
             self._draw_histogram()
 
+    def set_blocked(self, blocked: dict[str, str]) -> None:
+        """Layers the pre-flight blocks (a hazard feeds on their group) -> why; shown as BLOCKED."""
+        self._blocked = dict(blocked)
+
     def set_sensitivity(self, result: Optional[dict]) -> None:
         """A sensitivity analysis (`SensitivityResult.to_dict()`) to draw for the selected layer; None hides it."""
         self._sensitivity = result
@@ -541,8 +546,12 @@ class InspectorPanel(QWidget):
             ("MACs", human_count(macs), f"{macs:,} multiply-accumulates for one input."),
         ])
         reason = not_prunable_reason(self._graph, name)
+        blocked = self._blocked.get(module or name)
         if reason:
             self._set_badge("NOT PRUNABLE", FIXED_COLOR)
+        elif blocked:
+            self._set_badge("BLOCKED", FIXED_COLOR)
+            reason = f"Left unpruned when the plan runs, with its whole group: {blocked}"
         elif (module or name) in self._protected:
             self._set_badge("PROTECTED", PROTECTED_COLOR)
         else:

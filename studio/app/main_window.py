@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import html
 import json
 import os
 import re
@@ -57,13 +58,15 @@ from studio.engine.errors import StudioError
 from studio.engine.events import CancelToken, Log, Phase
 from studio.engine.graph import LayerGraph, build_graph, layered_layout
 from studio.engine.jobs import Recipe, calibration_batches, read_run, run_recipe
+from studio.engine.jobs.demo_plan import with_demo_plan
 from studio.engine.jobs.family import is_family, run_family
 from studio.engine.jobs.search import run_search
 from studio.engine.methods.targets import Target
 from studio.engine.jobs.report import human_bytes, human_count
 from studio.engine.metrics import count_macs, dense_size_bytes
 from studio.engine.models import load_model
-from studio.engine.pruning import channel_importance, estimate, get_criterion, reachable_macs
+from studio.engine.pruning import channel_importance, get_criterion
+from studio.engine.pruning.preflight import Preflight, Prediction, predict, preflight
 from studio.engine.training import evaluate
 
 APP_NAME = "Compression Studio"
@@ -101,13 +104,13 @@ def target_note(recipe: Recipe, now: tuple[int, int]) -> str:
             "The rates are found by the search when you Run.")
 
 
-def _macs_reach(loaded) -> Optional[int]:
-    """The smallest MACs a plan can reach (every group at 90 %), or None when the model cannot be pruned."""
+def _preflight(loaded) -> Optional[Preflight]:
+    """Prunable and blocked groups and the MACs a plan can reach, or None when the model cannot be pruned."""
     if not loaded.prunable:
         return None
     try:
-        return reachable_macs(loaded.module, torch.randn(1, *loaded.input_size))[0]
-    except Exception:  # noqa: BLE001 - the header then leaves the range out; pruning reports the real error
+        return preflight(loaded.module, loaded.input_size)
+    except Exception:  # noqa: BLE001 - the header then leaves it out; pruning reports the real error
         return None
 
 
@@ -130,9 +133,32 @@ def _open_model_work(request: dict) -> OpenedModel:
         macs = count_macs(module, loaded.input_size)
     except Exception:  # noqa: BLE001 - a model the counter cannot run still opens
         macs = None
+    found = _preflight(loaded) if macs else None
     facts = {"params": loaded.num_params, "macs": macs, "dense_bytes": dense_size_bytes(module),
-             "macs_reach": _macs_reach(loaded) if macs else None}
+             "macs_reach": found.macs_range[0] if found and found.macs_range[1] else None, "preflight": found}
     return OpenedModel(loaded=loaded, layer_graph=layer_graph, layout=layout, facts=facts, request=dict(request))
+
+
+def prediction_note(pred: Prediction) -> str:
+    """The line under the predicted figures: what the plan cannot reach, or that surgery would fail."""
+    if pred.failure:
+        return (f"Surgery is likely to fail with this plan ({pred.failure[:160]}). A run finds the groups at fault, "
+                "leaves them unpruned and prunes the rest; or protect layers until this note goes.")
+    if pred.kept:
+        names = ", ".join(k.root for k in pred.kept[:3]) + (f" and {len(pred.kept) - 3} more" if len(pred.kept) > 3
+                                                            else "")
+        return (f"Counted as kept: {len(pred.kept)} group(s) the hazards block ({names}); their rates do not "
+                "apply. See the warnings above.")
+    return ""
+
+
+def _blocked_text(found: Optional[Preflight]) -> list[str]:
+    """'2 of 12 groups blocked' for the header, the reasons in its tooltip (the inspector says them per layer)."""
+    if found is None or not found.blocked:
+        return []
+    why = "&#10;".join(html.escape(f"{b.root}: {b.why}", quote=True) for b in found.blocked)
+    return [f"<span style='color:#b45309' title=\"{why}\">{len(found.blocked)} of {found.groups} groups "
+            "blocked (left unpruned)</span>"]
 
 
 class MainWindow(QMainWindow):
@@ -445,6 +471,7 @@ class MainWindow(QMainWindow):
                  *([f"<span style='color:#64748b' title='every prunable group at 90 % to unpruned'>a plan can "
                     f"reach {human_count(facts['macs_reach'])}–{human_count(facts['macs'])} MACs</span>"]
                    if facts.get("macs_reach") else []),
+                 *_blocked_text(facts.get("preflight")),
                  human_bytes(facts["dense_bytes"])]
         if d.accuracy:
             parts.append(f"top-1 <b>{d.accuracy['top1']:.1%}</b> on {d.accuracy['images']:,} val images")
@@ -478,13 +505,14 @@ class MainWindow(QMainWindow):
             self.open_model(dialog.spec())
 
     def open_demo(self) -> None:
-        """The shipped model and data, with a plan that runs in about a minute on a laptop CPU."""
-        def with_demo_plan() -> None:
-            recipe = copy.deepcopy(self.document.recipe)
-            recipe.finetune.epochs, recipe.finetune.lr, recipe.data.batch_size = 2, 0.01, 64
-            self.document.replace_recipe(recipe)
+        """The shipped model and data, with the first-run plan of the demo's card (as `studio prune demo`)."""
+        def first_run_plan() -> None:
+            try:
+                self.document.replace_recipe(with_demo_plan(self.document.recipe))
+            except StudioError as exc:   # a damaged card: the demo still opens, with the default plan
+                self.statusBar().showMessage(f"The demo's first-run plan could not be read: {exc.problem}")
 
-        self.open_model({"spec": "demo"}, then=lambda: self.open_data("demo", then=with_demo_plan))
+        self.open_model({"spec": "demo"}, then=lambda: self.open_data("demo", then=first_run_plan))
 
     def open_model(self, request: dict, then: Optional[Callable[[], None]] = None) -> None:
         """Load a model on the engine thread; `then` runs after it is shown."""
@@ -614,6 +642,8 @@ class MainWindow(QMainWindow):
         self.layout().activate()
         self.centralWidget().layout().activate()
         self.graph.set_graph(opened.layer_graph, opened.layout)   # opens at a readable zoom
+        found = opened.facts.get("preflight")
+        self.inspector.set_blocked({layer: b.why for b in (found.blocked if found else []) for layer in b.layers})
         self.inspector.show_selection(opened.layer_graph, [], {}, set())
         self._refresh_enabled()
         self.graph.setFocus()   # arrow keys walk the graph from here
@@ -641,9 +671,16 @@ class MainWindow(QMainWindow):
             self.inspector.invalidate_histogram()
 
     def _shown_rates(self) -> dict:
-        """The rates the graph and inspector show: in target mode the search will choose them, so none."""
+        """The rates the graph and inspector show: in target mode the search will choose them, so none.
+
+        Layers the pre-flight blocks keep every channel, whatever the plan says: they show 0.
+        """
         d = self.document
-        return d.effective_rates() if d.recipe.search is None else {}
+        if d.recipe.search is not None:
+            return {}
+        found = d.model.facts.get("preflight") if d.model is not None else None
+        blocked = {layer for b in (found.blocked if found else []) for layer in b.layers}
+        return {name: 0.0 if name in blocked else rate for name, rate in d.effective_rates().items()}
 
     def _on_selection(self, names: list) -> None:
         d = self.document
@@ -738,12 +775,16 @@ class MainWindow(QMainWindow):
             self.strategy.show_prediction(self._now_counts(), None, target_note(d.recipe, self._now_counts()))
             return
 
-        def work():
-            return estimate(module, plan, torch.zeros(1, *size))
+        found = d.model.facts.get("preflight")
+        hazards = found.hazards if found is not None else None
 
-        def done(counts) -> None:
+        def work():
+            return predict(module, plan, size, hazards)
+
+        def done(pred) -> None:
             if generation == self._prediction_generation:
-                self.strategy.show_prediction(self._now_counts(), tuple(counts))
+                self.strategy.show_prediction(self._now_counts(), None if pred.failure else (pred.params, pred.macs),
+                                              prediction_note(pred))
 
         def failed(exc: BaseException, details: str) -> None:
             if generation == self._prediction_generation:

@@ -9,6 +9,7 @@ blocked groups counted as kept, and whether the pruned model would still run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class Preflight:
     groups: int                                   # prunable groups (head excluded), blocked ones included
     blocked: list = field(default_factory=list)   # ProtectedGroup: left whole, with why
     macs_range: tuple = (0, 0)                    # (smallest, largest) MACs a plan can reach; (0, 0): unknown
+    hazards: list = field(default_factory=list)   # Hazard: what `predict` needs again for every plan
 
 
 @dataclass
@@ -42,8 +44,9 @@ def preflight(model: nn.Module, input_size, max_rate: float = 0.9) -> Preflight:
     example = torch.zeros(1, *input_size)
     plan = PruningPlan()
     groups = plan_groups(model, example, plan)
-    blocked = hazard_groups(model, example, plan, model_hazards(model, tuple(input_size)), groups)
-    return Preflight(len(groups), blocked, _reach(model, example, max_rate, protected_layers(blocked)))
+    hazards = model_hazards(model, tuple(input_size))
+    blocked = hazard_groups(model, example, plan, hazards, groups)
+    return Preflight(len(groups), blocked, _reach(model, example, max_rate, protected_layers(blocked)), hazards)
 
 
 def _reach(model: nn.Module, example: torch.Tensor, max_rate: float, protected: list) -> tuple:
@@ -58,10 +61,14 @@ def _reach(model: nn.Module, example: torch.Tensor, max_rate: float, protected: 
     return (0, 0)
 
 
-def predict(model: nn.Module, plan: PruningPlan, input_size) -> Prediction:
-    """What ``plan`` will give: the hazards' groups counted as kept, and a check that the result runs."""
+def predict(model: nn.Module, plan: PruningPlan, input_size, hazards: Optional[list] = None) -> Prediction:
+    """What ``plan`` will give: the hazards' groups counted as kept, and a check that the result runs.
+
+    ``hazards`` (from `preflight`) saves probing the model again on every plan change.
+    """
     example = torch.zeros(1, *input_size)
-    kept = hazard_groups(model, example, plan, model_hazards(model, tuple(input_size)))
+    hazards = model_hazards(model, tuple(input_size)) if hazards is None else hazards
+    kept = hazard_groups(model, example, plan, hazards)
     try:
         work, params, macs = estimate_model(model, with_protected(plan, protected_layers(kept)), example)
         RunsAsBefore(model, example)(work)
