@@ -302,3 +302,19 @@ def test_a_failing_format_is_recorded_and_the_others_are_still_written(tmp_path)
     assert not records[0].path and records[0].note.startswith("Failed: Exporting the model as pt failed")
     assert records[1].path and (tmp_path / "model.torchscript.pt").is_file()
     assert any(isinstance(e, Log) and "The other formats are still written" in e.message for e in events)
+
+
+def test_a_model_pickle_cannot_save_is_written_as_torchscript_instead_of_lost(tmp_path):
+    class Lambda(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+            self.fn = lambda x: x.mean((2, 3))
+
+        def forward(self, x):
+            return self.fn(self.conv(x))
+
+    records = run_to_end(export_model(Lambda(), tmp_path, formats=("pt",), example_input=torch.zeros(1, 3, 8, 8),
+                                      arch=None, num_classes=2, pruning_history=[]))
+    assert [r.format for r in records] == ["pt", "torchscript"] and not records[0].path
+    assert records[1].note.startswith("Written instead of pt") and (tmp_path / "model.torchscript.pt").is_file()

@@ -233,6 +233,27 @@ def _write_one(fmt: str, path: Path, work: nn.Module, check, reference, **contex
                           f"Leave '{fmt}' out of the export formats and export the others.") from exc
 
 
+def _write_instead(formats, failed: list, stem: Path, work, check, reference, context: dict):
+    """When the pickled formats asked for could not be written (pickle cannot save a lambda, say),
+    write the first graph format that holds the model rather than lose it; None when none does.
+
+    A file that was written but does not reproduce the model (no exception behind the error)
+    is a different problem, not one another format would hide.
+    """
+    if not set(formats) <= {"pt", "checkpoint"} or any(e.__cause__ is None for e in failed):
+        return None
+    for fmt in ("torchscript", "onnx"):
+        path = stem.with_name(stem.name + _SUFFIX[fmt])
+        try:
+            size, diff, note = _write_one(fmt, path, work, check, reference, **context)
+        except StudioError:
+            continue
+        note = f"Written instead of {', '.join(formats)}, which could not be written. {note}"
+        yield Log(f"{fmt}: {note}", "warning")
+        return ExportRecord(fmt, str(path), size, diff, note)
+    return None
+
+
 def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS, example_input: torch.Tensor,
                  arch: Optional[str], num_classes: int, input_size=None, pruning_history: list,
                  trained: bool = True, base_name: str = "model", token: CancelToken = NEVER_CANCELLED,
@@ -269,6 +290,8 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
 
     yield Phase("export", f"Exporting {', '.join(formats)}")
     yield Progress("export", 0, len(formats))
+    context = dict(example_input=example_input, arch=arch, num_classes=num_classes, input_size=input_size,
+                   pruning_history=pruning_history, trained=trained, builder=builder)
     records: list[ExportRecord] = []
     failed: list[StudioError] = []
     for i, fmt in enumerate(formats):
@@ -282,9 +305,7 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
             continue
         ensure_free_space(out_dir, needed)
         try:
-            size, diff, note = _write_one(fmt, path, work, check, reference, example_input=example_input, arch=arch,
-                                          num_classes=num_classes, input_size=input_size,
-                                          pruning_history=pruning_history, trained=trained, builder=builder)
+            size, diff, note = _write_one(fmt, path, work, check, reference, **context)
         except StudioError as exc:
             if isinstance(exc.__cause__, OSError):
                 raise        # the disk or the folder: every other format would fail the same way
@@ -297,7 +318,10 @@ def export_model(model: nn.Module, out_dir, *, formats: Sequence[str] = FORMATS,
         shown = "not checked" if math.isnan(diff) else f"max diff {diff:.2g}"
         yield Progress("export", i + 1, len(formats), f"{fmt}: {size / 1e6:.2f} MB, {shown}")
     if failed and not any(r.path for r in records):
-        raise failed[0]      # nothing was written: the job must say so, not end with no model
+        instead = yield from _write_instead(formats, failed, out_dir / base_name, work, check, reference, context)
+        if instead is None:
+            raise failed[0]      # nothing could be written: the job must say so, not end with no model
+        records.append(instead)
     return records
 
 
