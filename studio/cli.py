@@ -330,7 +330,7 @@ def cmd_prune(args) -> int:
     if _wants_demo_plan(args):
         from studio.engine.jobs.demo_plan import with_demo_plan
         recipe = with_demo_plan(recipe)
-        print("demo: the first-run plan of its model card (2x fewer MACs, least-squares refit, short fine-tune); "
+        print("demo: the first-run plan of its model card (2x fewer MACs by allocation, least-squares refit); "
               "give --rate or --layer-rate for your own plan")
     if args.save_recipe:
         save_recipe(recipe, args.save_recipe)

@@ -2,8 +2,9 @@
 
 A first run should show the product at its best, so the demo opens with the plan the card
 records (measured on the shipped model and data, see docs/BENCHMARKS.md): per-layer rates
-for 2× fewer MACs from the sensitivity allocation, a least-squares refit of the layers that
-lost inputs, and a short fine-tune. `studio prune demo` without plan flags and the window's
+for 2× fewer MACs from the sensitivity allocation and a least-squares refit of the layers that
+lost inputs (its fine-tune settings too, none at present: on the shipped 5,000 images a gentle
+epoch after the refit lowered top-1). `studio prune demo` without plan flags and the window's
 Open Demo both read it from here, so they agree.
 """
 from __future__ import annotations
