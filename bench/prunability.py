@@ -249,10 +249,13 @@ def read_metrics(run_dir: Path) -> dict:
     """The figures this benchmark keeps from a run folder's metrics.json."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     before, after = metrics["before"], metrics["after"]
+    # The pt file, or the TorchScript file the studio writes instead when pickle cannot save the model.
+    written = [e for e in metrics.get("exports", []) if e.get("path") and e.get("max_abs_diff") is not None]
     pt = next((e for e in metrics.get("exports", []) if e.get("format") == "pt"), {})
     protected = metrics.get("protected_groups") or []
     return {
-        "runs": bool(pt.get("path")) and pt.get("max_abs_diff") is not None,
+        "runs": bool(written),
+        "export": written[0]["format"] if written else None,
         "pt_max_abs_diff": pt.get("max_abs_diff"), "pt_note": pt.get("note", ""),
         "fewer_macs": after["macs"] < before["macs"],
         "macs_before": before["macs"], "macs_after": after["macs"],
@@ -292,7 +295,7 @@ def studio_reason(r: dict) -> str:
     if not r.get("finished"):
         return r.get("error") or "did not finish"
     if not r.get("runs"):
-        return f"pt export not checked: {r.get('pt_note') or 'no reload comparison'}"
+        return f"no export reloaded and checked: {r.get('pt_note') or 'no reload comparison'}"
     if not r.get("fewer_macs"):
         return f"MACs not reduced ({r.get('macs_before'):,} → {r.get('macs_after'):,})"
     return ""
