@@ -1,7 +1,9 @@
 """When part of a model cannot be pruned safely: find the groups at fault, leave them unpruned, prune the rest.
 
-`prune_with_protection` runs `prune`, then the caller's check (the pruned model must run and
-keep its output shape). When torch-pruning raises while scoring or pruning, or the check
+`prune_with_protection` first leaves unpruned the groups whose layers feed a hazard (a
+pattern torch-pruning mishandles, `studio.engine.graph.hazards`), then runs `prune` and the
+caller's check (the pruned model must run and keep its output shape). When torch-pruning
+still raises while scoring or pruning, or the check
 fails, the groups at fault are found by bisection: the prunable groups are split in halves,
 each half is pruned alone with every other group protected, and a half that fails is split
 again, down to single groups. Those groups are protected (with the first error as the
@@ -29,7 +31,7 @@ MAX_ROUNDS = 4
 
 @dataclass
 class ProtectedGroup:
-    """A group left unpruned because pruning it broke the model."""
+    """A group left unpruned: a hazard feeds on it, or pruning it broke the model (``why`` says which)."""
     root: str
     layers: list
     why: str
