@@ -776,10 +776,10 @@ class MainWindow(QMainWindow):
             return
 
         found = d.model.facts.get("preflight")
-        hazards = found.hazards if found is not None else None
+        hazards, groups = (found.hazards, found.group_list) if found is not None else (None, None)
 
         def work():
-            return predict(module, plan, size, hazards)
+            return predict(module, plan, size, hazards, groups)
 
         def done(pred) -> None:
             if generation == self._prediction_generation:

@@ -28,6 +28,7 @@ class Preflight:
     blocked: list = field(default_factory=list)   # ProtectedGroup: left whole, with why
     macs_range: tuple = (0, 0)                    # (smallest, largest) MACs a plan can reach; (0, 0): unknown
     hazards: list = field(default_factory=list)   # Hazard: what `predict` needs again for every plan
+    group_list: list = field(default_factory=list)  # (root, layers) of each group, for `predict` too
 
 
 @dataclass
@@ -46,7 +47,8 @@ def preflight(model: nn.Module, input_size, max_rate: float = 0.9) -> Preflight:
     groups = plan_groups(model, example, plan)
     hazards = model_hazards(model, tuple(input_size))
     blocked = hazard_groups(model, example, plan, hazards, groups)
-    return Preflight(len(groups), blocked, _reach(model, example, max_rate, protected_layers(blocked)), hazards)
+    return Preflight(len(groups), blocked, _reach(model, example, max_rate, protected_layers(blocked)), hazards,
+                     groups)
 
 
 def _reach(model: nn.Module, example: torch.Tensor, max_rate: float, protected: list) -> tuple:
@@ -61,14 +63,16 @@ def _reach(model: nn.Module, example: torch.Tensor, max_rate: float, protected: 
     return (0, 0)
 
 
-def predict(model: nn.Module, plan: PruningPlan, input_size, hazards: Optional[list] = None) -> Prediction:
+def predict(model: nn.Module, plan: PruningPlan, input_size, hazards: Optional[list] = None,
+            groups: Optional[list] = None) -> Prediction:
     """What ``plan`` will give: the hazards' groups counted as kept, and a check that the result runs.
 
-    ``hazards`` (from `preflight`) saves probing the model again on every plan change.
+    ``hazards`` and ``groups`` (from `preflight`) save probing and tracing the model again on
+    every plan change.
     """
     example = torch.zeros(1, *input_size)
     hazards = model_hazards(model, tuple(input_size)) if hazards is None else hazards
-    kept = hazard_groups(model, example, plan, hazards)
+    kept = [k for k in hazard_groups(model, example, plan, hazards, groups) if k.root not in plan.protected]
     try:
         work, params, macs = estimate_model(model, with_protected(plan, protected_layers(kept)), example)
         RunsAsBefore(model, example)(work)
