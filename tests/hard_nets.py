@@ -69,6 +69,21 @@ class Shuffle(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ShuffleStage(nn.Module):
+    """A ShuffleNetV2 stage of torchvision's own blocks: chunk, concat and shuffle, chained three times."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.shufflenetv2 import InvertedResidual
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.stage = nn.Sequential(InvertedResidual(12, 24, 2), InvertedResidual(24, 24, 1),
+                                   InvertedResidual(24, 24, 1))
+        self.head = nn.Linear(24, CLASSES)
+
+    def forward(self, x):
+        return self.head(self.stage(F.relu(self.stem(x))).mean((2, 3)))
+
+
 class FixedSlice(nn.Module):
     """A dual-path block (DPN): channels split at a fixed index into a residual and a dense path."""
 

@@ -20,7 +20,8 @@ NETS = Path(hard_nets.__file__)
 # What each pattern must leave whole (the root of each protected group) and why, in words.
 EXPECTED = {
     "OptionA": (["stem"], "constant_pad_nd"),
-    "Shuffle": (["pw2"], "Channel shuffle"),
+    "Shuffle": ([], ""),        # mapped exactly across the shuffle (graph.tp_mappings)
+    "ShuffleStage": ([], ""),
     "FixedSlice": (["conv"], "sliced at fixed indices"),
     "HardReshape": (["b"], "no longer runs"),
     "Scripted": (["b"], "TorchScript"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -110,8 +110,9 @@ def _sites(view: AutogradView) -> dict[tuple[str, str], list]:
         kind = fn_kind(f)
         if kind == "stack":
             seen.setdefault(("stack", kind), []).append(f)
-        elif kind in ("channel_shuffle", "native_channel_shuffle", "pixel_shuffle", "pixel_unshuffle") \
-                or (kind in ("transpose", "permute") and _is_channel_shuffle(view, f)):
+        elif kind in ("pixel_shuffle", "pixel_unshuffle"):
+            # Channel shuffles, native or written as view → transpose → view, are mapped
+            # exactly (graph.tp_mappings); moving channels into space is not.
             seen.setdefault(("shuffle", kind), []).append(f)
         elif is_custom_fn(f):
             seen.setdefault(("custom", re.sub(r"Backward$", "", type(f).__name__)), []).append(f)
@@ -128,8 +129,8 @@ def _explain(problem: str, op: str, where: str) -> str:
                 "and cannot follow channels through it, so pruning would break the "
                 "model. Use torch.cat, or keep the stacked layers out of pruning.")
     if problem == "shuffle":
-        return (f"Channel shuffle ({op}) {where}: it moves channels between groups, "
-                "which torch-pruning does not track, so pruned channels would be mixed "
+        return (f"Pixel shuffle ({op}) {where}: it moves channels into the image's height and width "
+                "(or back), which torch-pruning does not track, so pruned channels would be mixed "
                 "up. Keep the layers around it out of pruning.")
     if problem == "custom":
         return (f"Custom autograd function {op} {where}: torch-pruning assumes it keeps "
@@ -185,41 +186,6 @@ def _changes_channels(f: Any) -> bool:
     return False
 
 
-def _is_channel_shuffle(view: AutogradView, f: Any) -> bool:
-    """view that splits the channel dim in two → swap of those two dims → view merging them."""
-    def through(g: Any, step: Callable[[Any], list]) -> Optional[Any]:
-        for _ in range(3):
-            nxt = step(g)
-            if len(nxt) != 1:
-                return None
-            g = nxt[0]
-            kind = fn_kind(g)
-            if "view" in kind or "reshape" in kind:
-                return g
-            if kind not in ("clone", "contiguous"):
-                return None
-        return None
-
-    if fn_kind(f) == "transpose":
-        dims = {getattr(f, "_saved_dim0", None), getattr(f, "_saved_dim1", None)}
-        swaps = dims == {1, 2}
-    else:
-        perm = tuple(getattr(f, "_saved_dims", ()))
-        swaps = len(perm) > 2 and perm[1] == 2 and perm[2] == 1
-    if not swaps:
-        return False
-    before = through(f, lambda g: [nf for nf, _ in g.next_functions if nf is not None and view.data.get(nf)])
-    after = through(f, lambda g: view.succ.get(g, []))
-    if before is None or after is None:
-        return False
-    split_out = fn_shape(before, 0)
-    split_in = next((fn_shape(nf, nr) for nf, nr in before.next_functions if nf is not None), None)
-    merged = fn_shape(after, 0)
-    return bool(split_out and split_in and merged and len(split_out) == len(split_in) + 1
-                and split_out[0] * split_out[1] == split_in[0] and split_out[2:] == split_in[1:]
-                and merged == split_in)
-
-
 def run_probe(shadows: Shadows) -> Probe:
     def run(shadow: nn.Module, meta: bool) -> Probe:
         p = Probe()
@@ -240,8 +206,8 @@ def model_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[Hazard]
 def find_tracing_hazards(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
     """Patterns in ``model`` that torch-pruning would mishandle, each explained in plain words.
 
-    Looks for a forward that runs under ``torch.no_grad()``, ``torch.stack``, channel
-    shuffles, custom autograd functions and other ops that change the channel count while
+    Looks for a forward that runs under ``torch.no_grad()``, ``torch.stack``,
+    pixel shuffles, custom autograd functions and other ops that change the channel count while
     torch-pruning treats them as element-wise.
     """
     return [h.text for h in model_hazards(model, input_size)]

@@ -6,6 +6,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from studio.engine.errors import StudioError
+from studio.engine.graph import tp_mappings  # noqa: F401 - installs the chunk and shuffle mappings
 
 _TP_PATCH_LOCK = threading.Lock()
 # Index budget for listing one model's groups. Real CNNs stay far below: DenseNet-201 maps
