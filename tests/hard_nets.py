@@ -218,4 +218,4 @@ class ConvHead(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
-ALL = [OptionA, Shuffle, FixedSlice, HardReshape, Scripted, Stacked, HeadsInForward, ConvHead]
+ALL = [OptionA, Shuffle, ShuffleStage, FixedSlice, HardReshape, Scripted, Stacked, HeadsInForward, ConvHead]

@@ -1,0 +1,108 @@
+"""The index mappings added to torch-pruning (chunks, channel shuffles) prune exactly.
+
+Exact means: after torch-pruning prunes one group, the model computes what the unpruned
+model computes when the pruned channels are cut off where they are read (those input
+weights of every conv/Linear that reads them set to zero). A channel mapped to the wrong
+place, or a chunk split at a moved point, changes the output.
+"""
+import copy
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import hard_nets
+import studio.engine.graph.tp_patches  # noqa: F401 - installs the mappings, as the engine does
+
+
+class NativeShuffle(nn.Module):
+    """ShuffleNet v1's shuffle as one op: grouped conv, nn.ChannelShuffle, grouped-free conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 1)
+        self.shuffle = nn.ChannelShuffle(3)
+        self.b = nn.Conv2d(12, 6, 3, padding=1)
+        self.head = nn.Linear(6, hard_nets.CLASSES)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(self.shuffle(torch.relu(self.a(x))))).mean((2, 3)))
+
+
+class Chunks(nn.Module):
+    """``x.chunk(2)`` with each half read by its own conv: the split point moves unless both halves shrink alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.left, self.right = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(8, hard_nets.CLASSES)
+
+    def forward(self, x):
+        a, b = torch.relu(self.stem(x)).chunk(2, dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):   # so a channel mix-up shows in the output
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+
+
+def prune_one_group(net: type, root: str, idxs: list) -> tuple[nn.Module, float]:
+    """Prune ``idxs`` of ``root``'s group; the pruned model and its largest difference from the cut-off original."""
+    torch.manual_seed(0)
+    model = net().eval()
+    _randomise_norms(model)
+    x = torch.randn(2, *hard_nets.INPUT)
+    cut = copy.deepcopy(model)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    layer = dict(model.named_modules())[root]
+    fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+    group = dg.get_pruning_group(layer, fn, idxs)
+    names, cut_layers = {m: n for n, m in model.named_modules()}, dict(cut.named_modules())
+    for dep, hit in group.items:
+        target = dep.target.module
+        reads = isinstance(target, (nn.Conv2d, nn.Linear)) and not dg.is_out_channel_pruning_fn(dep.handler)
+        if reads and getattr(target, "groups", 1) == 1:
+            with torch.no_grad():
+                cut_layers[names[target]].weight[:, [getattr(h, "idx", h) for h in hit]] = 0
+    expected = cut(x)
+    group.prune()
+    return model, (model(x) - expected).abs().max().item()
+
+
+@pytest.mark.parametrize("root, idxs", [("pw2", [0, 3]), ("stem", [1, 10]), ("pw1", [2])])
+def test_a_written_shuffle_prunes_exactly(root, idxs):
+    model, diff = prune_one_group(hard_nets.Shuffle, root, idxs)
+    assert diff < 1e-5
+    assert model.stem.out_channels < 16 or root == "pw1"
+
+
+def test_a_shuffle_prunes_whole_rows_and_both_chunks_alike():
+    model, _ = prune_one_group(hard_nets.Shuffle, "pw2", [0, 3])
+    # pw2's channel 0 and 3 share shuffle rows with the pass-through half's 0 and 3, whose
+    # equal chunk partners (8 and 11) go too: every width stays even and balanced.
+    assert (model.pw2.out_channels, model.stem.out_channels, model.pw1.in_channels, model.out.in_channels) \
+        == (6, 12, 6, 12)
+
+
+@pytest.mark.parametrize("root", ["stage.2.branch2.5", "stage.1.branch2.5", "stage.0.branch1.2", "stem",
+                                  "stage.0.branch2.0"])
+def test_a_shufflenet_v2_stage_prunes_exactly(root):
+    _, diff = prune_one_group(hard_nets.ShuffleStage, root, [0, 5])
+    assert diff < 1e-5
+
+
+def test_a_native_channel_shuffle_prunes_exactly():
+    model, diff = prune_one_group(NativeShuffle, "a", [1])
+    assert diff < 1e-5
+    assert model.a.out_channels == 9 and model.b.in_channels == 9   # row 1 of 3 groups: one channel each
+
+
+def test_equal_chunks_are_pruned_alike():
+    model, diff = prune_one_group(Chunks, "stem", [1])
+    assert diff < 1e-5
+    assert (model.stem.out_channels, model.left.in_channels, model.right.in_channels) == (6, 3, 3)
