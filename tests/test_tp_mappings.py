@@ -44,6 +44,23 @@ class Chunks(nn.Module):
         return self.head(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
 
 
+class WindowTokens(nn.Module):
+    """Swin's layout: channels last, the map cut into 2×2 windows of tokens, an MLP on each token."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 1)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.head = nn.Linear(8, hard_nets.CLASSES)
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)                       # N, H, W, C
+        n, h, w, c = x.shape
+        x = x.view(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return self.head(x.mean(1).view(n, -1, c).mean(1))
+
+
 def _randomise_norms(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):   # so a channel mix-up shows in the output
@@ -106,3 +123,41 @@ def test_equal_chunks_are_pruned_alike():
     model, diff = prune_one_group(Chunks, "stem", [1])
     assert diff < 1e-5
     assert (model.stem.out_channels, model.left.in_channels, model.right.in_channels) == (6, 3, 3)
+
+
+@pytest.mark.parametrize("root", ["fc1", "embed"])
+def test_window_reshapes_keep_channels_last_and_prune_exactly(root):
+    # Only flattens of (N, C, H, W) into features are mapped as such; these reshapes keep
+    # the channels last, one index per channel (mapping them made Swin's lists run away).
+    model, diff = prune_one_group(WindowTokens, root, [1, 4])
+    assert diff < 1e-5
+    assert (model.fc1.out_features if root == "fc1" else model.embed.out_channels) == (14 if root == "fc1" else 6)
+
+
+class Flattened(nn.Module):
+    """VGG's layout: a conv map flattened into a Linear layer's features (C·H·W of them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 16)
+        self.head = nn.Linear(16, hard_nets.CLASSES)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1))))
+
+
+def test_a_flatten_into_a_linear_layer_is_still_mapped():
+    model, diff = prune_one_group(Flattened, "conv", [2])
+    assert diff < 1e-5
+    assert model.fc.in_features == 7 * 4 * 4   # the channel's 16 features went with it
+
+
+def test_swin_lists_its_groups_without_running_away():
+    # Mapping Swin's window reshapes as flattens multiplied torch-pruning's index lists
+    # until the listing was refused (or memory ran out): now the MLPs' groups are listed.
+    import torchvision
+    from studio.engine.pruning.groups import prunable_groups
+    model = torchvision.models.swin_t().eval()
+    _, groups = prunable_groups(model, torch.randn(1, 3, 224, 224))
+    assert any("mlp" in str(g[0].dep.target.name) for g in groups)

@@ -253,6 +253,31 @@ def _map_shuffles(graph: Any) -> None:
             _set_edge(before, node, _ShuffleRows(rows, cols, False), _ShuffleRows(rows, cols, True))
 
 
+# -- reshapes ----------------------------------------------------------------------------------
+
+def _flattens(graph: Any, node: Any) -> bool:
+    """Whether a reshape is one torch-pruning maps: a flatten of (N, C, H, W) into C·H·W features, or 1-D.
+
+    torch-pruning means to map only those, but reads the input size under an autograd
+    attribute PyTorch 2 renamed, so it mapped every reshape: in window attention (Swin,
+    MaxViT) its index lists then multiplied until memory ran out. A shuffle's views are
+    mapped as one permutation instead (above).
+    """
+    size = _sizes(node)
+    if not size:
+        return True   # no size recorded: torch-pruning's own fallback
+    if len(size) == 1:
+        return True
+    if len(size) != 4:
+        return False
+    features = None
+    for out in node.outputs:
+        features = shape_infer.infer_in_channels_recursively(graph, out, [0])
+        if features is not None:
+            break
+    return features is None or size[1] * size[2] * size[3] == features
+
+
 # -- installation ------------------------------------------------------------------------------
 
 def install() -> None:
@@ -276,7 +301,7 @@ def install() -> None:
             real_split(graph, node)
 
     def reshape(graph: Any, node: Any) -> None:
-        if node not in shuffled and shuffle_at(node) is None:   # a shuffle's views are mapped as one
+        if node not in shuffled and shuffle_at(node) is None and _flattens(graph, node):
             real_reshape(graph, node)
 
     def update(graph: Any) -> None:

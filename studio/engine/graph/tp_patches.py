@@ -23,8 +23,8 @@ class TooManyIndices(Exception):
 def runaway_indices() -> StudioError:
     """The plain-words error for a model whose channel index lists grow without bound."""
     return StudioError("torch-pruning cannot follow this model's channels: its channel index lists grow without "
-                       "bound through the model's reshapes (typical of window attention, as in Swin and MaxViT), "
-                       "so no group can be pruned safely. Nothing was changed.",
+                       "bound through the model's chains of reshapes, so no group can be pruned safely. "
+                       "Nothing was changed.",
                        "Prune the model's convolutional parts by loading them as their own model, or use a "
                        "convolutional architecture.")
 
@@ -64,7 +64,7 @@ def tp_guards(dg: Any, listing_only: bool = True) -> Iterator[None]:
     time (needed after pruning, not while only listing groups); on DenseNet-201 that is
     quadratic and took ~45 s. The mapping cannot change between two reads, so for this
     graph the refresh is skipped (other graphs still get the real call), which gives
-    identical groups. On models such as Swin or MaxViT its index lists multiply through
+    identical groups. On some models its index lists multiply through
     reshapes until memory runs out; an index budget turns that into a clear failure.
     While pruning (``listing_only`` False) the mapping must be refreshed after each group,
     so only the budget of one step applies.
