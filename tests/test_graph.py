@@ -97,6 +97,17 @@ class PixelShuffled(nn.Module):
         return self.b(nn.functional.pixel_shuffle(self.a(x), 2))
 
 
+class WeightsOutside(nn.Module):
+    """A layer's weights used through F.linear in the parent's forward, as torchvision's Swin does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.proj = nn.Conv2d(3, 8, 1), nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        return nn.functional.linear(self.a(x).mean((2, 3)), self.proj.weight)
+
+
 class Shuffled(nn.Module):
     def __init__(self):
         super().__init__()
@@ -306,6 +317,7 @@ def test_bad_input_size_is_a_studio_error():
     (PixelShuffled, "Pixel shuffle (pixel_shuffle)"),
     (CustomFn, "Custom autograd function _Double"),
     (ChannelMean, "changes the number of channels"),
+    (WeightsOutside, "Matrix product 'mm'"),
 ])
 def test_hazards_are_explained(net, words):
     found = find_tracing_hazards(net(), (3, 8, 8))

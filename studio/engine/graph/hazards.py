@@ -141,6 +141,10 @@ def _explain(problem: str, op: str, where: str) -> str:
         return (f"Channels sliced at fixed indices (x[:, a:b]) {where}: the indices are written in the "
                 "code, so after pruning they would pick other channels or run past the end. Keep the "
                 "layers before the slice out of pruning.")
+    if op in ("addmm", "mm", "bmm", "matmul", "linear"):
+        return (f"Matrix product '{op}' {where}: a layer's weights used outside the layer (F.linear or "
+                "torch.matmul, as torchvision's Swin attention does), so torch-pruning cannot see which "
+                "layer it belongs to and treats it as element-wise. Left whole, with the layers around it.")
     return (f"Operation '{op}' {where} changes the number of channels but is not a "
             "convolution, linear layer or concatenation; torch-pruning treats it as "
             "element-wise and would prune the wrong channels. Keep the layers around "
