@@ -56,6 +56,41 @@ def install_reshape_guard() -> None:
 install_reshape_guard()
 
 
+def install_walk_dedup() -> None:
+    """Stop torch-pruning's group walk from re-walking channels it has already reached (done once, at import).
+
+    Building a group, torch-pruning follows every edge from every (layer, indices) it
+    reaches, and skips a step only when it has seen the very same index list at that layer
+    before. Where channels meet again along many paths in different subsets (RexNet's
+    partial residuals), the walk re-expands each subset: rexnet_100 had not listed its groups
+    after five minutes. Every index mapping maps each channel on its own, so a step whose
+    channels have all reached that layer already can add nothing; skipping it leaves the
+    merged group's channels unchanged (checked on ten models from ResNet to ViT). Where one
+    channel is coupled to several root channels (GhostNet, ShuffleNetV2), which of them it
+    is credited to in the group's importance can differ, as it depends on the walk's order.
+    """
+    from torch_pruning.dependency.group import Group
+    if getattr(Group.has_pruning_op, "studio_dedup", False):
+        return
+    real_add = Group.add_dep
+
+    def reached(group: Any) -> dict:
+        return group.__dict__.setdefault("_studio_reached", {})
+
+    def add_dep(self: Any, dep: Any, idxs: Any) -> None:
+        real_add(self, dep, idxs)
+        reached(self).setdefault((dep.target, dep.handler), set()).update(getattr(i, "idx", i) for i in idxs)
+
+    def has_pruning_op(self: Any, dep: Any, idxs: Any) -> bool:
+        seen = reached(self).get((dep.target, dep.handler))
+        return seen is not None and all(getattr(i, "idx", i) in seen for i in idxs)
+    has_pruning_op.studio_dedup = True  # type: ignore[attr-defined]
+    Group.add_dep, Group.has_pruning_op = add_dep, has_pruning_op
+
+
+install_walk_dedup()
+
+
 @contextlib.contextmanager
 def tp_guards(dg: Any, listing_only: bool = True) -> Iterator[None]:
     """Make listing ``dg``'s groups fast and bounded.
