@@ -1,12 +1,25 @@
-"""Temporary patches of two torch-pruning internals that keep listing coupled groups fast and bounded."""
+"""Patches of torch-pruning internals that keep building and listing coupled groups alive, fast and bounded.
+
+Installed at import, for good: the reshape guard (a shuffle's reshape no longer crashes graph
+building) and the walk that skips channels already reached (``install_walk_dedup``).
+Installed only while listing or pruning, under a lock: ``tp_guards`` (no per-group refresh of
+the index mapping while listing, and an index budget). The index mappings themselves are in
+``graph.tp_mappings``.
+"""
 from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 from studio.engine.errors import StudioError
 from studio.engine.graph import tp_mappings  # noqa: F401 - installs the chunk and shuffle mappings
+
+# torch-pruning's tracing notes are for its own developers; the studio's hazards, protection
+# and check of the pruned model say what a user needs, in words they can act on.
+for _note in ("Maximum recursive depth reached", "Unwrapped parameters detected"):
+    warnings.filterwarnings("ignore", message=_note, category=UserWarning, module="torch_pruning")
 
 _TP_PATCH_LOCK = threading.Lock()
 # Index budget for listing one model's groups. Real CNNs stay far below: DenseNet-201 maps
