@@ -44,6 +44,13 @@ def _unique(pairs: list) -> list:
     return list(seen.values())
 
 
+def expands(mapping: Any) -> bool:
+    """Whether an edge's index mapping sends one channel to several that must go with it."""
+    if isinstance(mapping, _Then):
+        return expands(mapping.first) or expands(mapping.second)
+    return isinstance(mapping, (_EqualChunks, _ShuffleRows))
+
+
 # -- chunks ------------------------------------------------------------------------------------
 
 def _split_sizes(grad_fn: Any) -> Optional[list[int]]:

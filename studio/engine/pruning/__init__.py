@@ -4,7 +4,8 @@
 registry of importance criteria; ``surgery`` the torch-pruning surgery (`prune`) and the
 GUI's helpers (`estimate`, `channel_importance`); ``macs`` counts MACs around surgery;
 ``sparsity`` is the unstructured magnitude step; ``protection`` leaves unpruned the groups a
-hazard feeds or whose pruning breaks the model; ``preflight`` says so before any plan runs.
+hazard feeds or whose pruning breaks the model; ``preflight`` says so before any plan runs;
+``coupled`` ranks channels that a shuffle or equal chunks tie together as one set.
 """
 from studio.engine.pruning.criteria import CRITERIA, Criterion, get_criterion
 from studio.engine.pruning.plan import PruningPlan, find_classifier

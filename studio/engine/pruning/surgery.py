@@ -21,6 +21,7 @@ from studio.engine.errors import StudioError
 from studio.engine.graph.attention import attention_heads, update_head_sizes
 from studio.engine.graph.tp_patches import TooManyIndices, runaway_indices, tp_guards
 from studio.engine.events import NEVER_CANCELLED, CancelToken, Log, Phase, Progress
+from studio.engine.pruning.coupled import set_averaged
 from studio.engine.pruning.criteria import Criterion, get_criterion
 from studio.engine.pruning.macs import MacCounter, batch_size_of, count_macs_after, count_macs_forward, run_forward
 from studio.engine.pruning.plan import WEIGHTED_LAYERS, PruningPlan, close_names, find_classifier, out_channels
@@ -175,6 +176,7 @@ def prune(model: nn.Module, plan: PruningPlan, example_inputs: torch.Tensor, *, 
     counter = MacCounter(work)
     with counter.record():
         pruner = _build_pruner(work, plan, example_inputs, importance)
+    pruner.estimate_importance = set_averaged(pruner.estimate_importance, pruner.DG)
     macs_before = int(counter.macs / batch_size_of(example_inputs))
     for step in range(steps):
         token.check("pruning")
