@@ -2,7 +2,7 @@
 
 torch-pruning follows a channel from the layer that makes it to every layer that reads it
 through *index mappings* on the edges of its dependency graph (a concat adds an offset, a
-split subtracts one). Three places went wrong on real models, and are mapped here instead:
+split subtracts one). Four places went wrong on real models, and are mapped here instead:
 
 * ``torch.chunk``/``split`` on PyTorch 2: torch-pruning looked for the sizes under an autograd
   attribute that PyTorch renamed, inferred them instead, and paired the i-th reader with the
@@ -16,6 +16,9 @@ split subtracts one). Three places went wrong on real models, and are mapped her
   channel ``j·(c/g) + k`` to ``k·g + j``. It is mapped as that permutation, and a channel is
   pruned together with the other ``g - 1`` channels of its *row* ``k``, so after pruning the
   same code (``c/g`` recomputed from the new width) still puts every kept channel in place.
+* Reshapes: only a flatten of an (N, C, H, W) map into C·H·W features is mapped as a flatten
+  (torch-pruning's own rule, which it lost to the same renaming); Swin's channels-last
+  window reshapes keep one index per channel.
 
 Each mapping is exact, so a model that runs after pruning computes what the unpruned model
 computed on the kept channels. Where a model needs more than these (a split at sizes written
