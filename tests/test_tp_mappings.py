@@ -189,3 +189,25 @@ def test_a_shuffle_stage_is_cut_to_its_rate_in_whole_sets(rate):
     target = round(12 * (1 - rate))
     assert target - 3 <= kept <= target
     assert result.model(torch.randn(2, *hard_nets.INPUT)).shape == (2, hard_nets.CLASSES)
+
+
+class TiedStage(nn.Module):
+    """A narrow ShuffleNetV2 stage: the stream's 4 channels are all tied into one set."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.shufflenetv2 import InvertedResidual
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stage = nn.Sequential(InvertedResidual(8, 8, 2), InvertedResidual(8, 8, 1), InvertedResidual(8, 8, 1))
+        self.head = nn.Linear(8, hard_nets.CLASSES)
+
+    def forward(self, x):
+        return self.head(self.stage(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_a_group_tied_into_one_set_is_blocked_before_surgery():
+    from studio.engine.pruning.preflight import preflight
+    found = preflight(TiedStage().eval(), hard_nets.INPUT)
+    tied = [b for b in found.blocked if "tied into one set" in b.why]
+    assert [b.root for b in tied] == ["stage.2.branch2.5"] and "all 4" in tied[0].why
+    assert found.groups - len(found.blocked) >= 4   # the branches' own channels still prune

@@ -40,7 +40,7 @@ from studio.engine.pruning.protection import (
     RunsAsBefore,
     as_dicts,
     explicit_requests,
-    plan_groups,
+    plan_groups_and_ties,
     prune_with_protection,
 )
 from studio.engine.training import FixedZeros, is_main_process, seed_everything, train
@@ -188,7 +188,8 @@ def _run(recipe, staging, token, loaded, bundle, started):
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(recipe.seed))
     runs_as_before = RunsAsBefore(loaded.module, example, warnings)
     # Pre-flight: a model torch-pruning cannot follow fails here, before the slow measurements.
-    groups = plan_groups(loaded.module, example, recipe.plan)
+    groups, ties = plan_groups_and_ties(loaded.module, example, recipe.plan)
+    hazards = [*hazards, *ties]
     calib = None
     if bundle is not None:
         calib = calibration_batches(bundle, recipe.data.batch_size, recipe.data.calibration_batches, recipe.seed)

@@ -14,7 +14,9 @@ from typing import Any, Callable
 
 import torch
 
+from studio.engine.graph import Hazard
 from studio.engine.graph.tp_mappings import expands
+from studio.engine.graph.tp_patches import tp_guards
 
 
 def couples(group: Any) -> bool:
@@ -48,3 +50,23 @@ def set_averaged(estimate: Callable, dg: Any) -> Callable:
                 out[idx] = imp[idx].mean()
         return out
     return averaged
+
+
+def tied_whole(dg: Any, groups: list, names: dict) -> list[Hazard]:
+    """A hazard for each group whose root channels form one single set: pruning any channel prunes all.
+
+    Found in the 48-channel stream of ShuffleNetV2's 8-block stage 3, where the chained
+    shuffles and chunks tie every channel to every other.
+    """
+    found = []
+    with tp_guards(dg):
+        for group in groups:
+            if not couples(group) or len(channel_sets(dg, group)) != 1:
+                continue
+            root = names.get(group[0].dep.target.module)
+            layers = [names[dep.target.module] for dep, _ in group
+                      if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names]
+            found.append(Hazard(f"The channels of the group of {root} are tied into one set by the model's channel "
+                                f"shuffles and chunks: pruning any of them would prune all {len(group[0].idxs)}. "
+                                "Left whole.", [n for n in layers if n] or [root]))
+    return found

@@ -17,7 +17,8 @@ from torch import nn
 from studio.engine.errors import StudioError
 from studio.engine.graph import model_hazards
 from studio.engine.pruning.plan import PruningPlan
-from studio.engine.pruning.protection import RunsAsBefore, hazard_groups, plan_groups, protected_layers, with_protected
+from studio.engine.pruning.protection import (RunsAsBefore, hazard_groups, plan_groups_and_ties, protected_layers,
+                                               with_protected)
 from studio.engine.pruning.surgery import estimate_model, reachable_macs
 
 
@@ -44,8 +45,8 @@ def preflight(model: nn.Module, input_size, max_rate: float = 0.9) -> Preflight:
     """Groups, blocked groups and reachable MACs of ``model`` (an unprunable model has none)."""
     example = torch.zeros(1, *input_size)
     plan = PruningPlan()
-    groups = plan_groups(model, example, plan)
-    hazards = model_hazards(model, tuple(input_size))
+    groups, ties = plan_groups_and_ties(model, example, plan)
+    hazards = [*model_hazards(model, tuple(input_size)), *ties]
     blocked = hazard_groups(model, example, plan, hazards, groups)
     return Preflight(len(groups), blocked, _reach(model, example, max_rate, protected_layers(blocked)), hazards,
                      groups)

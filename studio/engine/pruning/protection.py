@@ -22,6 +22,7 @@ from torch import nn
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import Log, run_to_end
 from studio.engine.graph import model_hazards
+from studio.engine.pruning.coupled import tied_whole
 from studio.engine.pruning.groups import group_members, prunable_groups
 from studio.engine.pruning.plan import PruningPlan
 from studio.engine.pruning.surgery import prune
@@ -64,10 +65,16 @@ class RunsAsBefore:
 
 def plan_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> list[tuple[str, list]]:
     """(root, member layers) of every group the plan could prune (head and protected layers excluded)."""
+    return plan_groups_and_ties(model, example, plan)[0]
+
+
+def plan_groups_and_ties(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> tuple[list, list]:
+    """`plan_groups`, and a `Hazard` for each group whose channels are all tied together (`coupled.tied_whole`)."""
     work = copy.deepcopy(model).cpu().eval()
     names = {m: n for n, m in work.named_modules()}
     dg, groups = prunable_groups(work, example.cpu(), plan.protected)
-    return [group_members(dg, g, names) for g in groups if g[0].dep.target.module in names]
+    groups = [g for g in groups if g[0].dep.target.module in names]
+    return [group_members(dg, g, names) for g in groups], tied_whole(dg, groups, names)
 
 
 def with_protected(plan: PruningPlan, layers) -> PruningPlan:
@@ -132,7 +139,9 @@ def without_hazards(model: nn.Module, plan: PruningPlan, input_size) -> tuple[Pr
 
     A strict plan refuses here, before any trial, naming the groups.
     """
-    found = hazard_groups(model, torch.zeros(1, *input_size), plan, model_hazards(model, tuple(input_size)))
+    example = torch.zeros(1, *input_size)
+    groups, ties = plan_groups_and_ties(model, example, plan)
+    found = hazard_groups(model, example, plan, [*model_hazards(model, tuple(input_size)), *ties], groups)
     return run_to_end(protect(plan, found)), found
 
 
