@@ -2,7 +2,7 @@
 
 torch-pruning follows a channel from the layer that makes it to every layer that reads it
 through *index mappings* on the edges of its dependency graph (a concat adds an offset, a
-split subtracts one). Four places went wrong on real models, and are mapped here instead:
+split subtracts one). These places went wrong on real models, and are mapped here instead:
 
 * ``torch.chunk``/``split`` on PyTorch 2: torch-pruning looked for the sizes under an autograd
   attribute that PyTorch renamed, inferred them instead, and paired the i-th reader with the
@@ -19,6 +19,8 @@ split subtracts one). Four places went wrong on real models, and are mapped here
 * Reshapes: only a flatten of an (N, C, H, W) map into C·H·W features is mapped as a flatten
   (torch-pruning's own rule, which it lost to the same renaming); Swin's channels-last
   window reshapes keep one index per channel.
+* A concat with a part whose width torch-pruning cannot infer (deep Swin stages) is left
+  unmapped, as torch-pruning means to, instead of crashing the trace.
 
 Each mapping is exact, so a model that runs after pruning computes what the unpruned model
 computed on the kept channels. Where a model needs more than these (a split at sizes written
@@ -29,6 +31,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from torch_pruning import _helpers, ops
+from torch_pruning.dependency import constants
 from torch_pruning.dependency import index_mapping as tp_mapping
 from torch_pruning.dependency import shape_infer
 
@@ -296,6 +299,7 @@ def install() -> None:
         return
     real_init = shape_infer.init_shape_information
     real_split, real_reshape = tp_mapping.update_split_index_mapping, tp_mapping.update_reshape_index_mapping
+    real_concat = tp_mapping.update_concat_index_mapping
     real_update = tp_mapping.update_index_mapping
     shuffled: set = set()
 
@@ -305,6 +309,15 @@ def install() -> None:
             sizes = _split_sizes(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
             if sizes is not None:
                 node.module.split_sizes = sizes
+
+    def concat(graph: Any, node: Any) -> None:
+        dim = getattr(node.grad_fn, "_saved_dim", 1)
+        if dim == 1 or dim >= constants.MAX_VALID_DIM:   # the concats torch-pruning maps
+            if node.module.concat_sizes is None:
+                node.module.concat_sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+            if None in node.module.concat_sizes:
+                return   # a part of unknown width: torch-pruning would add None before checking for it (Swin-S)
+        real_concat(graph, node)
 
     def split(graph: Any, node: Any) -> None:
         if not _mappable(node):
@@ -329,6 +342,7 @@ def install() -> None:
 
     update.studio_mappings = True  # type: ignore[attr-defined]
     shape_infer.init_shape_information = init
+    tp_mapping.update_concat_index_mapping = concat
     tp_mapping.update_split_index_mapping = split
     tp_mapping.update_reshape_index_mapping = reshape
     tp_mapping.update_index_mapping = update
