@@ -21,7 +21,7 @@ studio infers from the weights' metadata), ``timm`` (a sample of widely used CNN
 hybrids, ``timm:NAME``), ``hard`` (``tests/hard_nets.py``, one tiny net per hard pattern,
 given to the studio with ``--input-size 3x16x16``). The direct runner builds the same
 architecture itself (random init) at the same input: the default weights' crop size for
-torchvision, timm's pretrained config for timm (224 when neither says). Results go to ``bench/results/prunability.json``, rewritten after every model, so a
+torchvision (a ViT: the image size it is built for), timm's pretrained config for timm (224 when neither says). Results go to ``bench/results/prunability.json``, rewritten after every model, so a
 long run can be watched and resumed; a run replaces the records of the models it runs and
 keeps the others.
 
@@ -314,7 +314,9 @@ def build_direct(spec: str):
             crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
         except (ValueError, KeyError, AttributeError):   # no published weights: 224, as the studio does
             crop = 224
-        return torchvision.models.get_model(name, weights=None), (3, int(crop), int(crop))
+        model = torchvision.models.get_model(name, weights=None)
+        side = int(getattr(model, "image_size", crop))   # a ViT built without weights is for its own size
+        return model, (3, side, side)
     if prefix == "timm":
         import timm
         cfg = timm.models.get_pretrained_cfg(name)

@@ -78,3 +78,17 @@ def test_a_plan_error_is_said_once_not_bisected(tmp_path):
     with pytest.raises(StudioError, match="no_such_layer"):
         run_to_end(run_recipe(recipe, tmp_path / "r"), events.append)
     assert not any(isinstance(e, Log) and "finding the groups at fault" in e.message for e in events)
+
+
+def test_listing_a_plan_s_groups_copies_no_weights(monkeypatch):
+    # On a shape-only (meta) copy: a 600 M-parameter model needed a 2.6 GB copy and its
+    # activations just to list its groups.
+    from studio.engine.graph.shadows import Shadows
+    from studio.engine.pruning.protection import plan_groups_and_ties
+    asked = []
+    real_get = Shadows.get
+    monkeypatch.setattr(Shadows, "get", lambda self, meta: asked.append(meta) or real_get(self, meta))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    groups, ties = plan_groups_and_ties(model, torch.zeros(1, 3, 16, 16), PruningPlan())
+    assert asked == [True] and sorted(root for root, _ in groups) == ["0", "2"] and ties == []

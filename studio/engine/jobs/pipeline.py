@@ -205,7 +205,11 @@ def _run(recipe, staging, token, loaded, bundle, started):
         before = yield from measured(loaded.module)
         yield _snapshot("before", before)
 
-    work = copy.deepcopy(loaded.module)   # the loaded model is never touched
+    # The loaded model is never touched: sparse training trains a copy, and pruning and
+    # reconstruction only read it (pruning works on a copy of its own). A copy made for
+    # nothing would hold 2.6 GB more through the whole job on a 600 M-parameter model.
+    changes_weights = recipe.sparse_training.epochs > 0 or recipe.reconstruct is not None
+    work = copy.deepcopy(loaded.module) if changes_weights else loaded.module
     history: dict = {}
     if recipe.sparse_training.epochs > 0:
         cfg = replace(recipe.sparse_training, batch_size=recipe.data.batch_size, workers=recipe.data.workers,

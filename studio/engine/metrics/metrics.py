@@ -30,6 +30,13 @@ def count_params(model: nn.Module) -> int:
 
 
 def _cpu_float_copy(model: nn.Module) -> nn.Module:
+    """``model`` as a CPU float32 model in eval mode: itself when it already is one (a copy of a
+    600 M-parameter model takes 2.6 GB), else a copy, so the caller's model is never changed."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if not isinstance(model, torch.jit.ScriptModule) and not any(m.training for m in model.modules()) \
+            and all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
+                    for t in tensors):
+        return model
     m = copy.deepcopy(model)
     with warnings.catch_warnings():
         # Moving a ScriptModule touches .grad of non-leaf tensors, which only warns.

@@ -18,8 +18,12 @@ from studio.engine.pruning.plan import find_classifier
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def prunable_groups(work: nn.Module, example: torch.Tensor, protected: Iterable[str] = ()):
-    """torch-pruning's dependency graph of ``work`` and its prunable groups (head and ``protected`` excluded)."""
+def prunable_groups(work: nn.Module, example: torch.Tensor, protected: Iterable[str] = (), plain_errors: bool = False):
+    """torch-pruning's dependency graph of ``work`` and its prunable groups (head and ``protected`` excluded).
+
+    ``plain_errors``: let torch-pruning's own exceptions through (a trace on meta tensors
+    that fails is tried again on real ones), instead of saying them as a `StudioError`.
+    """
     head = find_classifier(work)
     modules = dict(work.named_modules())
     ignored = [modules[n] for n in (*protected, *([head] if head else [])) if n in modules]
@@ -33,6 +37,8 @@ def prunable_groups(work: nn.Module, example: torch.Tensor, protected: Iterable[
     except StudioError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch-pruning failing on a user's model
+        if plain_errors:
+            raise
         raise StudioError(f"torch-pruning could not trace the model ({type(exc).__name__}: {exc}).",
                           "Check that the example input fits the model, or protect the layers around "
                           "unusual operations.") from exc

@@ -22,6 +22,7 @@ from torch import nn
 from studio.engine.errors import JobCancelled, StudioError
 from studio.engine.events import Log, run_to_end
 from studio.engine.graph import model_hazards
+from studio.engine.graph.shadows import Shadows, example_input
 from studio.engine.pruning.coupled import tied_whole
 from studio.engine.pruning.groups import group_members, prunable_groups
 from studio.engine.pruning.plan import PruningPlan
@@ -69,12 +70,27 @@ def plan_groups(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> l
 
 
 def plan_groups_and_ties(model: nn.Module, example: torch.Tensor, plan: PruningPlan) -> tuple[list, list]:
-    """`plan_groups`, and a `Hazard` for each group whose channels are all tied together (`coupled.tied_whole`)."""
-    work = copy.deepcopy(model).cpu().eval()
-    names = {m: n for n, m in work.named_modules()}
-    dg, groups = prunable_groups(work, example.cpu(), plan.protected)
-    groups = [g for g in groups if g[0].dep.target.module in names]
-    return [group_members(dg, g, names) for g in groups], tied_whole(dg, groups, names)
+    """`plan_groups`, and a `Hazard` for each group whose channels are all tied together (`coupled.tied_whole`).
+
+    Traced on a shape-only (meta) copy where the model allows, so listing the groups of a
+    600 M-parameter model costs no copy of its weights and no activations.
+    """
+    shadows = Shadows(model, tuple(example.shape[1:]))
+
+    def listing(meta: bool) -> tuple[list, list]:
+        work = shadows.get(meta)
+        names = {m: n for n, m in work.named_modules()}
+        x = example_input(work, tuple(example.shape[1:]), meta)
+        dg, groups = prunable_groups(work, x, plan.protected, plain_errors=meta)
+        groups = [g for g in groups if g[0].dep.target.module in names]
+        return [group_members(dg, g, names) for g in groups], tied_whole(dg, groups, names)
+    # Not `Shadows.run`: its memo of meta ops hid SqueezeNet's in-place ReLUs from torch-pruning.
+    try:
+        return listing(True)
+    except StudioError:
+        raise
+    except Exception:  # noqa: BLE001 - meta tensors cannot answer data-dependent questions: trace real weights
+        return listing(False)
 
 
 def with_protected(plan: PruningPlan, layers) -> PruningPlan:
