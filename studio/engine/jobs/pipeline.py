@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import datetime
 import json
 import math
@@ -151,6 +152,17 @@ def pruning_plan(recipe: Recipe) -> PruningPlan:
     return plan
 
 
+def _return_freed_memory() -> None:
+    """Hand memory the job has freed back to the system (Linux, glibc only; elsewhere nothing).
+
+    glibc keeps freed heap blocks for reuse, so after tracing a 600 M-parameter model the
+    process still held 6-7 GB it no longer used, and exporting the pruned model pushed the
+    job past 13 GB.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _snapshot(label: str, values) -> MetricsSnapshot:
     return MetricsSnapshot(label, values.to_dict())
 
@@ -227,6 +239,7 @@ def _run(recipe, staging, token, loaded, bundle, started):
         work, plan, example, calibration=calib, token=token, hazards=hazards, groups=groups,
         check=runs_as_before)
     model = pruned.model.cpu()
+    _return_freed_memory()   # the trace's activations: the largest thing this job frees
     warnings.extend(f"Left unpruned: the group of {p.root} ({', '.join(p.layers)}). {p.why}" for p in protected)
     warnings.extend(f"{name} was given a rate in the plan but had to be left unpruned (see above)."
                     for name in explicit_requests(plan, protected))
