@@ -84,7 +84,7 @@ def plan_groups_and_ties(model: nn.Module, example: torch.Tensor, plan: PruningP
         dg, groups = prunable_groups(work, x, plan.protected, plain_errors=meta)
         groups = [g for g in groups if g[0].dep.target.module in names]
         return [group_members(dg, g, names) for g in groups], tied_whole(dg, groups, names)
-    # Not `Shadows.run`: its memo of meta ops hid SqueezeNet's in-place ReLUs from torch-pruning.
+    # Not `Shadows.run`: under its memo of meta ops torch-pruning found no groups in SqueezeNet.
     try:
         return listing(True)
     except StudioError:
