@@ -95,6 +95,14 @@ class _EqualChunks:
         return _unique([_hybrid(i.idx % self.size, i.root_idx) for i in idxs if i.idx < self.size * self.count])
 
 
+def _offsets(sizes: list[int]) -> list[int]:
+    """Where each part starts along the channels, and the total at the end."""
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
 def _mappable(node: Any) -> bool:
     """Whether the split's sizes are known and every reader reads one known chunk."""
     sizes = getattr(node.module, "split_sizes", None)
@@ -108,9 +116,7 @@ def _map_split(node: Any) -> None:
     sizes = node.module.split_sizes
     chunks = [_chunk_of(node, out) for out in node.outputs]
     equal = len(sizes) > 1 and len(set(sizes)) == 1
-    offsets = [0]
-    for size in sizes:   # the sizes torch-pruning's SplitPruner keeps current while pruning
-        offsets.append(offsets[-1] + size)
+    offsets = _offsets(sizes)   # from the sizes torch-pruning keeps current while pruning
     node.module.offsets = offsets
     for out, k in zip(node.outputs, chunks):
         if equal:
@@ -227,9 +233,7 @@ def _map_concat_into(split_view: Any) -> None:
     sizes = cat.module.concat_sizes
     if not sizes or None in sizes or sum(sizes) != _sizes(split_view)[1] or not cat.enable_index_mapping:
         return
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
+    offsets = _offsets(sizes)
     cat.module.offsets = offsets
     for i, part in enumerate(cat.inputs):
         span = offsets[i:i + 2]
